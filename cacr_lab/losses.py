@@ -1,0 +1,761 @@
+"""The loss family: CACR and the contrastive baselines it is compared with.
+
+Every loss takes ``views``: a tensor ``(V, B, D)`` or a sequence of V tensors ``(B, D)``,
+L2-normalised embeddings of V augmented views of the same B images (view v of image i is
+``views[v, i]``). Every loss returns a :class:`LossOutput` whose ``loss`` is a differentiable
+scalar and whose named parts (``attraction`` / ``repulsion``, or ``alignment`` / ``uniformity``)
+add up to it, so that the trainer, the notebooks and the dashboard read the same fields.
+
+Distances are squared Euclidean distances on the unit sphere computed from one Gram matrix,
+``d2 = 2 - 2 * z_a . z_b`` in [0, 4], never from a (B, B, D) difference tensor. All distances and
+softmaxes run in float32 (or float64 when the input is float64) with autocast switched off, so
+the losses are stable under bf16/fp16 autocast.
+
+Temperature conventions differ between the two families and the docstrings say which is which:
+CACR's ``tau_pos`` / ``tau_neg`` *multiply* d2 (inverse temperatures), InfoNCE's ``temperature``
+*divides* the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "LOSSES",
+    "LossOutput",
+    "OPTION_HELP",
+    "align_uniform_loss",
+    "alignment",
+    "cacr_loss",
+    "debiased_loss",
+    "hard_negative_loss",
+    "info_nce_loss",
+    "loss_options",
+    "pair_indices",
+    "uniformity",
+]
+
+WEIGHTINGS = ("full", "without_w1", "without_w2", "none")
+WEIGHT_GRADS = ("attached", "detached")
+COSTS = ("euclidean", "rbf")
+
+# Names of the scalar parts a LossOutput may carry; each present part is logged by the trainer.
+PART_NAMES = ("attraction", "repulsion", "alignment", "uniformity")
+
+
+@dataclass
+class LossOutput:
+    """What every loss returns.
+
+    ``loss`` is the differentiable scalar to minimise. The scalar parts present for a method add
+    up to ``loss`` (CACR, InfoNCE, HN-CL, DCL: ``attraction + repulsion``; AU-CL: ``alignment +
+    unif_weight * uniformity``). The weight tensors are *detached* diagnostics (for figures):
+
+    - ``pos_weights``, ``pos_d2``: (V, B, K) for CACR, pi_pos of each query over its K = V - 1
+      positives (the other views of the same image in increasing view order) and the matching d2.
+    - ``neg_weights``, ``neg_d2``: for CACR (P, B, B-1) with P = V(V-1)/2 view pairs in the order
+      of ``itertools.combinations(range(V), 2)``: pi_neg of query i of view v over the samples
+      j != i of view w (``symmetric=True``: (V, B, V(B-1)), all other images in all views). For
+      InfoNCE-style losses the implicit softmax weights over negatives, (P, 2B, 2B-2).
+    """
+
+    loss: Tensor
+    attraction: Tensor | None = None
+    repulsion: Tensor | None = None
+    alignment: Tensor | None = None
+    uniformity: Tensor | None = None
+    pos_weights: Tensor | None = None
+    pos_d2: Tensor | None = None
+    neg_weights: Tensor | None = None
+    neg_d2: Tensor | None = None
+
+    def parts(self) -> dict[str, Tensor]:
+        """The scalar parts that are present, detached, keyed by name."""
+        return {n: getattr(self, n).detach() for n in PART_NAMES if getattr(self, n) is not None}
+
+    def detach(self) -> LossOutput:
+        """A copy with every tensor detached (for logging without keeping the graph)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LossOutput(
+            **{k: (v.detach() if isinstance(v, Tensor) else v) for k, v in kw.items()}
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_views(views: Tensor | Sequence[Tensor], check_values: bool = True) -> Tensor:
+    """Stack/validate ``views`` into a (V, B, D) float tensor of at least float32.
+
+    ``check_values`` looks at the numbers (finite, unit norm); it costs one host sync, which the
+    trainer can skip on a GPU (it checks the loss for finiteness every few steps instead).
+    """
+    if isinstance(views, Tensor):
+        z = views
+    elif (
+        isinstance(views, Sequence) and len(views) > 0 and all(isinstance(v, Tensor) for v in views)
+    ):
+        shapes = [tuple(v.shape) for v in views]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"all views must have the same shape (B, D); got shapes {shapes}")
+        if len(shapes[0]) != 2:
+            raise ValueError(f"each view must be (B, D); got shape {shapes[0]}")
+        z = torch.stack(list(views))
+    else:
+        raise ValueError(
+            "views must be a (V, B, D) tensor or a non-empty sequence of (B, D) tensors; "
+            f"got {type(views).__name__}"
+        )
+    if z.dim() != 3:
+        raise ValueError(f"views must have shape (V, B, D); got shape {tuple(z.shape)}")
+    V, B, D = z.shape
+    if V < 2:
+        raise ValueError(f"need at least V=2 views of each image (positives); got V={V}")
+    if B < 2:
+        raise ValueError(f"need a batch of at least B=2 images (negatives); got B={B}")
+    if D < 1:
+        raise ValueError(f"embedding dimension D must be >= 1; got D={D}")
+    if not z.is_floating_point():
+        raise ValueError(f"views must be a floating-point tensor; got dtype {z.dtype}")
+    z = _upcast(z)
+    if check_values:
+        with torch.no_grad():
+            finite = torch.isfinite(z).all()
+            norms = z.norm(dim=-1)
+            lo, hi, ok = norms.min(), norms.max(), finite
+            lo, hi, ok = (t.item() for t in torch.stack([lo, hi, ok.to(lo.dtype)]))
+        if not ok:
+            raise ValueError("views contain non-finite values (NaN or inf)")
+        # bf16 round-off leaves norms ~1e-2 away from 1; anything beyond is a real mistake.
+        if abs(lo - 1.0) > 5e-2 or abs(hi - 1.0) > 5e-2:
+            raise ValueError(
+                f"views must be L2-normalised along D (norms range from {lo:.4g} to {hi:.4g}); "
+                "pass torch.nn.functional.normalize(z, dim=-1)"
+            )
+    return z
+
+
+def _upcast(z: Tensor) -> Tensor:
+    """Half precisions to fp32; fp32 and fp64 (gradcheck) stay as they are."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive finite number; got {v!r}")
+
+
+def _check_nonnegative(**values: float) -> None:
+    for name, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a non-negative finite number; got {v!r}")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def _check_tau_plus(tau_plus: float, name: str = "tau_plus") -> None:
+    if not isinstance(tau_plus, (int, float)) or not (0.0 <= tau_plus < 1.0):
+        raise ValueError(f"{name} (class prior) must be in [0, 1); got {tau_plus!r}")
+
+
+def pair_indices(V: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """View pairs (v, w), v < w, in the order of ``itertools.combinations(range(V), 2)``.
+
+    >>> [tuple(t.tolist()) for t in pair_indices(3)]
+    [(0, 0, 1), (1, 2, 2)]
+    """
+    iu = torch.triu_indices(V, V, offset=1, device=device)
+    return iu[0], iu[1]
+
+
+def _off_diagonal(x: Tensor) -> Tensor:
+    """(..., n, n) -> (..., n, n-1): row i keeps the columns j != i, in order."""
+    n = x.shape[-1]
+    flat = x.flatten(-2)[..., 1:]
+    return flat.unflatten(-1, (n - 1, n + 1))[..., :-1].reshape(*x.shape[:-2], n, n - 1)
+
+
+def _no_autocast(device: torch.device):
+    # Autocast would silently run the Gram matmul in bf16/fp16; distances need fp32.
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------------
+# CACR
+# --------------------------------------------------------------------------------------------
+
+
+def _softmax_weights(logits: Tensor, weighted: bool, detach: bool) -> Tensor:
+    """Softmax over the last dim, or uniform weights (a broadcast view, no memory) if unweighted."""
+    if not weighted:
+        n = logits.shape[-1]
+        return logits.new_full((1,) * logits.dim(), 1.0 / n).expand_as(logits)
+    w = torch.softmax(logits, dim=-1)
+    return w.detach() if detach else w
+
+
+def _repulsion_generic(
+    z: Tensor,
+    pos_d2: Tensor,
+    tau_neg: float,
+    beta: float,
+    weighted: bool,
+    detach: bool,
+    cost: str,
+    rbf_t: float,
+    tau_plus: float | None,
+    symmetric: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Repulsion for every option, written as the equations read (plain autograd).
+
+    Returns (repulsion, pi_neg, neg_d2) with pi_neg/neg_d2 (P, B, B-1), or (V, B, V(B-1)) when
+    ``symmetric``.
+    """
+    V, B, _ = z.shape
+    if symmetric:
+        flat = z.reshape(V * B, -1)
+        d2_full = (2.0 - 2.0 * flat @ flat.T).view(V, B, V, B).permute(0, 2, 1, 3)  # (V, V', B, B)
+        # Drop j == i in every view pair, then line up all other images of all views per query.
+        neg_d2 = _off_diagonal(d2_full).permute(0, 2, 1, 3).reshape(V, B, V * (B - 1))
+        d2_pos_q = pos_d2.mean(-1)  # (V, B): the query's mean positive distance
+    else:
+        vi, wi = pair_indices(V, z.device)
+        d2_pairs = 2.0 - 2.0 * torch.bmm(z[vi], z[wi].transpose(1, 2))  # (P, B, B) cross-view
+        neg_d2 = _off_diagonal(d2_pairs)  # (P, B, B-1): diagonal (the positive) removed
+        d2_pos_q = torch.diagonal(d2_pairs, dim1=-2, dim2=-1)  # (P, B): the pair's positive
+    pi_neg = _softmax_weights(-tau_neg * neg_d2, weighted, detach)
+    if cost == "euclidean":
+        per_query = -beta * (pi_neg * neg_d2).sum(-1)  # (P, B)
+        if tau_plus is not None:
+            per_query = (per_query + tau_plus * beta * d2_pos_q) / (1.0 - tau_plus)
+        repulsion = per_query.mean()
+    else:
+        kernel = torch.exp(-rbf_t * neg_d2)
+        # log of the weighted kernel mean, per view pair (or per query view when symmetric).
+        repulsion = beta * torch.log((pi_neg * kernel).sum(-1).mean(-1)).mean()
+    return repulsion, pi_neg, neg_d2
+
+
+def _off_diagonal_copy(x: Tensor) -> Tensor:
+    """_off_diagonal that never aliases x (for B = 2 the reshape can return a view)."""
+    y = _off_diagonal(x)
+    return y.clone() if y._is_view() else y
+
+
+def _insert_diagonal(x: Tensor) -> Tensor:
+    """(..., n, n-1) -> (..., n, n) with zeros on the diagonal; the inverse of _off_diagonal."""
+    n = x.shape[-2]
+    rows = F.pad(x.reshape(*x.shape[:-2], n - 1, n), (0, 1))  # (..., n-1, n+1)
+    return F.pad(rows.flatten(-2), (1, 0)).view(*x.shape[:-2], n, n)
+
+
+class _CrossViewRepulsion(torch.autograd.Function):
+    """The weighted repulsion of the reference pairing, fused, with a closed-form backward.
+
+    For query i of view v against samples j of view w > v, with G_ij = z_vi . z_wj,
+    d_ij = 2 - 2 G_ij, pi_ij = softmax_{j != i}(-tau d_ij) and E_i = sum_j pi_ij d_ij:
+
+        R = -beta * mean over (pairs, i) of E_i
+        dE_i / dd_ij = pi_ij (1 - tau (d_ij - E_i))      (attached weights)
+        dE_i / dd_ij = pi_ij                              (detached weights)
+
+    Autograd through the same expression keeps ~6 (P, B, B) tensors alive and makes ~20 passes
+    over them; here the only tensors kept are the two outputs pi_neg and d2 (P, B, B-1), which
+    the caller returns anyway, and the softmax runs in place. ``tests/test_losses.py`` checks
+    values and gradients against the loop reference and gradcheck.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, tau: float, beta: float, detach: bool):  # type: ignore[override]
+        V, B, D = z.shape
+        P = V * (V - 1) // 2
+        g = z.new_empty(P, B, B)  # cross-view Gram of every pair, in combinations order
+        start = 0
+        for v in range(V - 1):  # view v against all later views in one batched matmul
+            n = V - 1 - v
+            torch.matmul(z[v], z[v + 1 :].transpose(1, 2), out=g[start : start + n])
+            start += n
+        # (P, B, B-1): j == i (the positive) removed.
+        d2 = _off_diagonal_copy(g).mul_(-2.0).add_(2.0)
+        # In-place softmax of -tau d2 = 2 tau G - 2 tau over j != i (the constant cancels).
+        g.mul_(2.0 * tau).diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        g.sub_(g.amax(-1, keepdim=True)).exp_()
+        g.div_(g.sum(-1, keepdim=True))
+        pi = _off_diagonal_copy(g)  # (P, B, B-1)
+        del g
+        e = (pi.unsqueeze(-2) @ d2.unsqueeze(-1)).view(P, B)  # E_i without a (P, B, B-1) temp
+        ctx.tau, ctx.detach, ctx.scale = tau, detach, 2.0 * beta / (P * B)
+        ctx.save_for_backward(z, pi, d2, e)
+        ctx.mark_non_differentiable(pi, d2)
+        return -beta * e.sum() / (P * B), pi, d2
+
+    @staticmethod
+    def backward(ctx, grad_r: Tensor, _gw: Tensor, _gd: Tensor):  # type: ignore[override]
+        z, pi, d2, e = ctx.saved_tensors
+        V, B, D = z.shape
+        # dR/dG_ij = 2 beta / (P B) * pi_ij * (1 - tau (d_ij - E_i))   [* 1 if detached]
+        if ctx.detach:
+            dg = pi * (ctx.scale * grad_r)
+        else:
+            dg = (d2 - e.unsqueeze(-1)).mul_(-ctx.tau).add_(1.0).mul_(pi).mul_(ctx.scale * grad_r)
+        dg = _insert_diagonal(dg)  # (P, B, B)
+        grad = torch.zeros_like(z)
+        start = 0
+        for v in range(V - 1):
+            n = V - 1 - v
+            blk = dg[start : start + n]  # (n, B, B): view v against views v+1..V-1
+            grad[v] += torch.bmm(blk, z[v + 1 :]).sum(0)
+            grad[v + 1 :] += torch.matmul(blk.transpose(1, 2), z[v])
+            start += n
+        return grad, None, None, None
+
+
+def cacr_loss(
+    views: Tensor | Sequence[Tensor],
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    weighting: str = "full",
+    *,
+    weight_grad: str = "attached",
+    cost: str = "euclidean",
+    rbf_t: float = 2.0,
+    debiased_tau_plus: float | None = None,
+    symmetric: bool = False,
+    check_inputs: bool = True,
+) -> LossOutput:
+    r"""CACR: Contrastive Attraction and Contrastive Repulsion.
+
+    H. Zheng et al., "Contrastive Attraction and Contrastive Repulsion for Representation
+    Learning", TMLR 2023, arXiv:2105.03746. Small-scale form of the reference code
+    (REFERENCE.md section 2); the defaults reproduce its numbers and gradients.
+
+    For a query x with positives x_k^+ (the K = V - 1 other views of its image) and negatives
+    x_j^- (other images), with d2 the squared distance on the sphere:
+
+        pi_pos(k|x) = softmax_k(+tau_pos * d2(x, x_k^+))      farther positive -> heavier
+        pi_neg(j|x) = softmax_j(-tau_neg * d2(x, x_j^-))      closer negative  -> heavier
+        attraction  = mean_x sum_k pi_pos(k|x) * alpha * d2(x, x_k^+)
+        repulsion   = mean_x sum_j pi_neg(j|x) * (-beta * d2(x, x_j^-))
+        loss        = attraction + repulsion
+
+    ``tau_pos`` and ``tau_neg`` *multiply* d2 (inverse temperatures; tau -> 0 gives uniform
+    weights, tau -> inf puts all weight on the farthest positive / nearest negative). Pairing
+    as in the reference: attraction averages over all V*B queries; repulsion uses, for every
+    unordered view pair v < w, query i of view v against the B - 1 samples j != i of view w.
+
+    Args:
+        views: (V, B, D), or V tensors (B, D); L2-normalised along D. V >= 2, B >= 2.
+        tau_pos: inverse temperature of pi_pos (> 0). Paper: 1.0.
+        tau_neg: inverse temperature of pi_neg (> 0). Paper: 0.9 (CIFAR-10), 2.0 (CIFAR-100,
+            STL-10).
+        alpha: scale of the attraction term (>= 0). Paper: 1.0.
+        beta: scale of the repulsion term (>= 0). Paper: 1.0.
+        weighting: the reference's ablation ``choice``: "full" (both weightings), "without_w1"
+            (uniform pi_pos), "without_w2" (uniform pi_neg), "none" (both uniform).
+        weight_grad: "attached" (default; the gradient flows through the softmax weights, as in
+            the small-scale reference) or "detached" (weights under no-grad, as in the large-scale
+            code: repulsion then has the gradient of (beta/tau_neg) log sum_j exp(-tau_neg d2_j)).
+        cost: "euclidean" (d2, default) or "rbf": repulsion = beta * log(mean_i sum_j pi_neg k_ij)
+            with k = exp(-rbf_t d2), averaged over view pairs; with uniform weights this is Wang &
+            Isola's (cross-view) uniformity loss.
+        rbf_t: kernel parameter t of the rbf cost (> 0). Default 2.0.
+        debiased_tau_plus: if set (e.g. 0.1), the Chuang et al. 2020 debiasing of the repulsion
+            per query: (R + tau_plus * beta * d2(x, x^+)) / (1 - tau_plus), R the weighted
+            repulsion and x^+ the query's positive in the other view of the pair (symmetric: the
+            mean over its K positives). This is the *correct* sign; the reference code flips the
+            sign of the positive term (pushing the positive away). Euclidean cost only.
+        symmetric: False (default, reference pairing). True: every query uses as negatives all
+            views of all other images (both directions, same-view too; SimCLR-style 2B - 2 for
+            V = 2); an improvement option, not the paper's pairing.
+        check_inputs: check values (finite, unit norm); one host sync. Shapes are always checked.
+
+    Returns:
+        LossOutput with loss, attraction, repulsion, pos_weights/pos_d2 (V, B, K) and
+        neg_weights/neg_d2 (P, B, B-1), or (V, B, V(B-1)) when ``symmetric``.
+
+    >>> z = torch.nn.functional.normalize(torch.randn(5, 8, 16), dim=-1)
+    >>> out = cacr_loss(z, tau_pos=1.0, tau_neg=0.9)
+    >>> torch.allclose(out.loss, out.attraction + out.repulsion)
+    True
+    >>> tuple(out.pos_weights.shape), tuple(out.neg_weights.shape)
+    ((5, 8, 4), (10, 8, 7))
+    """
+    _check_positive(tau_pos=tau_pos, tau_neg=tau_neg)
+    _check_nonnegative(alpha=alpha, beta=beta)
+    _check_choice("weighting", weighting, WEIGHTINGS)
+    _check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
+    _check_choice("cost", cost, COSTS)
+    _check_positive(rbf_t=rbf_t)
+    if debiased_tau_plus is not None:
+        _check_tau_plus(debiased_tau_plus, "debiased_tau_plus")
+        if cost != "euclidean":
+            raise ValueError(
+                f"debiased_tau_plus is defined for cost='euclidean' only; got cost={cost!r}"
+            )
+    z = _check_views(views, check_inputs)
+    V, B, _ = z.shape
+    detach = weight_grad == "detached"
+    weight_pos = weighting in ("full", "without_w2")
+    weight_neg = weighting in ("full", "without_w1")
+
+    with _no_autocast(z.device):
+        # --- contrastive attraction: each view is the query, the other K views its positives.
+        g_pos = torch.einsum("vbd,wbd->bvw", z, z)  # (B, V, V) same-image Gram
+        pos_d2_all = 2.0 - 2.0 * g_pos
+        pos_d2 = _off_diagonal(pos_d2_all).permute(1, 0, 2)  # (V, B, K)
+        pi_pos = _softmax_weights(tau_pos * pos_d2, weight_pos, detach)
+        attraction = alpha * (pi_pos * pos_d2).sum(-1).mean()
+
+        # --- contrastive repulsion.
+        if cost == "euclidean" and weight_neg and not symmetric:
+            # The default (reference) pairing: fused, with a closed-form backward.
+            repulsion, pi_neg, neg_d2 = _CrossViewRepulsion.apply(z, tau_neg, beta, detach)
+            if debiased_tau_plus is not None:
+                vi, wi = pair_indices(V, z.device)
+                d2_pos_pairs = pos_d2_all[:, vi, wi]  # (B, P): each pair's positive distance
+                repulsion = (repulsion + debiased_tau_plus * beta * d2_pos_pairs.mean()) / (
+                    1.0 - debiased_tau_plus
+                )
+        else:
+            repulsion, pi_neg, neg_d2 = _repulsion_generic(
+                z,
+                pos_d2,
+                tau_neg,
+                beta,
+                weight_neg,
+                detach,
+                cost,
+                rbf_t,
+                debiased_tau_plus,
+                symmetric,
+            )
+
+    return LossOutput(
+        loss=attraction + repulsion,
+        attraction=attraction,
+        repulsion=repulsion,
+        pos_weights=pi_pos.detach(),
+        pos_d2=pos_d2.detach(),
+        neg_weights=pi_neg.detach(),
+        neg_d2=neg_d2.detach(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE family: NT-Xent (SimCLR), CMC-style multi-view, HN-CL, DCL
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_logits(z: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For every view pair (v, w), the NT-Xent logits of its 2B queries.
+
+    Returns ``pos`` (P, 2B): the positive's logit s+/T; ``neg`` (P, 2B, 2B-2): the logits of the
+    2B - 2 negatives (both views, every other image); ``neg_d2`` (P, 2B, 2B-2) their squared
+    distances; and ``n_neg`` = 2B - 2.
+    """
+    V, B, _ = z.shape
+    vi, wi = pair_indices(V, z.device)
+    zz = torch.cat([z[vi], z[wi]], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
+    sim = torch.bmm(zz, zz.transpose(1, 2))  # (P, 2B, 2B)
+    n = 2 * B
+    idx = torch.arange(n, device=z.device)
+    partner = (idx + B) % n  # the positive of row r is the other view of the same image
+    pos = sim[:, idx, partner] / temperature  # (P, 2B)
+    # Negatives: drop self and partner; a fixed boolean mask keeps the column order.
+    keep = torch.ones(n, n, dtype=torch.bool, device=z.device)
+    keep[idx, idx] = False
+    keep[idx, partner] = False
+    neg_sim = sim[:, keep].view(sim.shape[0], n, n - 2)
+    return pos, neg_sim / temperature, 2.0 - 2.0 * neg_sim, n - 2
+
+
+def info_nce_loss(
+    views: Tensor | Sequence[Tensor], temperature: float = 0.5, *, check_inputs: bool = True
+) -> LossOutput:
+    r"""InfoNCE / NT-Xent (SimCLR; Chen et al., "A Simple Framework for Contrastive Learning of
+    Visual Representations", ICML 2020, arXiv:2002.05709), multi-view as in CMC (Tian et al.,
+    arXiv:1906.05849).
+
+    For V = 2 this is the standard NT-Xent: each of the 2B queries has one positive (its other
+    view) and 2B - 2 negatives (both views of every other image), with s = cosine similarity:
+
+        loss = mean_q  -s+/T + log( exp(s+/T) + sum_j exp(s_j/T) )
+
+    For V > 2: the NT-Xent of every view pair (v < w), averaged over the V(V-1)/2 pairs.
+    ``temperature`` T *divides* the similarity. Parts: ``attraction`` = mean -s+/T and
+    ``repulsion`` = the mean log-sum-exp term (loss = attraction + repulsion). The implicit
+    weights over negatives, softmax_j(s_j / T) = softmax_j(-d2_j / (2T)), are returned as
+    ``neg_weights`` (P, 2B, 2B-2) with ``neg_d2``, to set beside CACR's pi_neg.
+
+    Args:
+        views: (V, B, D), or V tensors (B, D); L2-normalised along D.
+        temperature: T > 0. SimCLR: 0.5 (CIFAR); 0.1-0.2 (ImageNet).
+
+    >>> z = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)
+    >>> tuple(info_nce_loss(z).neg_weights.shape)
+    (1, 8, 6)
+    """
+    _check_positive(temperature=temperature)
+    z = _check_views(views, check_inputs)
+    with _no_autocast(z.device):
+        pos, neg, neg_d2, _ = _pair_logits(z, temperature)
+        lse = torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)  # (P, 2B)
+        attraction = -pos.mean()
+        repulsion = lse.mean()
+        neg_w = torch.softmax(neg, dim=-1)
+    return LossOutput(
+        loss=attraction + repulsion,
+        attraction=attraction,
+        repulsion=repulsion,
+        neg_weights=neg_w.detach(),
+        neg_d2=neg_d2.detach(),
+    )
+
+
+def _debiased_hard(z: Tensor, temperature: float, tau_plus: float, beta: float) -> LossOutput:
+    """Shared core of HN-CL (beta > 0) and DCL (beta = 0), computed in log space.
+
+    With pos = exp(s+/T), neg_j = exp(s_j/T), N = 2B - 2 and importance weights imp_j = neg_j^beta:
+
+        Ng   = max( (-tau_plus * N * pos + N * sum_j imp_j neg_j / sum_j imp_j) / (1 - tau_plus),
+                    N * exp(-1/T) )
+        loss = mean_q  -log( pos / (pos + Ng) )
+
+    Every exponential is taken relative to the row's largest logit so small T cannot overflow.
+    """
+    pos, neg, neg_d2, n_neg = _pair_logits(z, temperature)
+    imp_logits = beta * neg  # log imp_j
+    # N * sum_j q_j neg_j, in log space: log N + logsumexp(log q_j + neg_j).
+    log_reweighted = math.log(n_neg) + torch.logsumexp(torch.log_softmax(imp_logits, -1) + neg, -1)
+    m = torch.maximum(pos, log_reweighted).detach()  # (P, 2B) shift
+    numerator = (torch.exp(log_reweighted - m) - tau_plus * n_neg * torch.exp(pos - m)) / (
+        1 - tau_plus
+    )
+    log_floor = math.log(n_neg) - 1.0 / temperature
+    # The clamp of the reference (Ng >= N e^{-1/T}), applied in log space.
+    log_ng = torch.maximum(torch.log(numerator.clamp_min(1e-30)) + m, torch.full_like(m, log_floor))
+    lse = torch.logaddexp(pos, log_ng)
+    attraction = -pos.mean()
+    repulsion = lse.mean()
+    return LossOutput(
+        loss=attraction + repulsion,
+        attraction=attraction,
+        repulsion=repulsion,
+        # Effective weight of negative j in Ng: imp_j * neg_j / sum = softmax((1 + beta) s_j / T).
+        neg_weights=torch.softmax((1.0 + beta) * neg, dim=-1).detach(),
+        neg_d2=neg_d2.detach(),
+    )
+
+
+def hard_negative_loss(
+    views: Tensor | Sequence[Tensor],
+    temperature: float = 0.5,
+    beta: float = 1.0,
+    tau_plus: float = 0.1,
+    *,
+    check_inputs: bool = True,
+) -> LossOutput:
+    r"""HN-CL: hard negative sampling (Robinson et al., "Contrastive Learning with Hard Negative
+    Samples", ICLR 2021, arXiv:2010.04592).
+
+    NT-Xent whose negative term is importance-reweighted towards hard negatives
+    (imp_j = exp(beta * s_j / T)) and debiased with the class prior tau_plus:
+
+        Ng = max( (-tau_plus N pos + N sum_j imp_j neg_j / sum_j imp_j) / (1 - tau_plus),
+                  N e^{-1/T} )
+        loss = mean_q -log( pos / (pos + Ng) ),   pos = e^{s+/T}, neg_j = e^{s_j/T}, N = 2B - 2
+
+    ``temperature`` divides the similarity. Multi-view: averaged over view pairs. ``neg_weights``
+    are the effective weights imp_j neg_j / sum (P, 2B, 2B-2).
+
+    Args:
+        views: (V, B, D), or V tensors (B, D); L2-normalised along D.
+        temperature: T > 0. Paper: 0.5.
+        beta: concentration on hard negatives (>= 0; 0 gives DCL). Paper: 1.0 on CIFAR-10.
+        tau_plus: class prior in [0, 1). Paper: 0.1.
+    """
+    _check_positive(temperature=temperature)
+    _check_nonnegative(beta=beta)
+    _check_tau_plus(tau_plus)
+    z = _check_views(views, check_inputs)
+    with _no_autocast(z.device):
+        return _debiased_hard(z, temperature, tau_plus, beta)
+
+
+def debiased_loss(
+    views: Tensor | Sequence[Tensor],
+    temperature: float = 0.5,
+    tau_plus: float = 0.1,
+    *,
+    check_inputs: bool = True,
+) -> LossOutput:
+    r"""DCL: debiased contrastive loss (Chuang et al., "Debiased Contrastive Learning",
+    NeurIPS 2020, arXiv:2007.00224) -- not the *decoupled* loss some libraries call DCL.
+
+        Ng = max( (-tau_plus N pos + sum_j neg_j) / (1 - tau_plus), N e^{-1/T} )
+        loss = mean_q -log( pos / (pos + Ng) ),   pos = e^{s+/T}, neg_j = e^{s_j/T}, N = 2B - 2
+
+    ``temperature`` divides the similarity. Multi-view: averaged over view pairs.
+
+    Args:
+        views: (V, B, D), or V tensors (B, D); L2-normalised along D.
+        temperature: T > 0. Paper: 0.5.
+        tau_plus: class prior in [0, 1). Paper: 0.1.
+    """
+    _check_positive(temperature=temperature)
+    _check_tau_plus(tau_plus)
+    z = _check_views(views, check_inputs)
+    with _no_autocast(z.device):
+        return _debiased_hard(z, temperature, tau_plus, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Alignment and uniformity (Wang & Isola 2020)
+# --------------------------------------------------------------------------------------------
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment metric E ||z1 - z2||^alpha over positive pairs (Wang & Isola, ICML 2020).
+
+    Args:
+        z1, z2: (N, D) L2-normalised embeddings of two views of the same N samples, N >= 1.
+        alpha: exponent (> 0). Paper: 2.
+
+    >>> z = torch.nn.functional.normalize(torch.randn(4, 3), dim=-1)
+    >>> float(alignment(z, z))
+    0.0
+    """
+    _check_positive(alpha=alpha)
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(
+            f"z1 and z2 must both be (N, D) of the same shape; got {tuple(z1.shape)} "
+            f"and {tuple(z2.shape)}"
+        )
+    if z1.shape[0] < 1:
+        raise ValueError("alignment needs at least N=1 pair; got N=0")
+    return (_upcast(z1) - _upcast(z2)).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
+    """Uniformity metric log E_{i<j} exp(-t ||z_i - z_j||^2) (Wang & Isola, ICML 2020).
+
+    Args:
+        z: (N, D) L2-normalised embeddings, N >= 2 (with one sample there is no pair).
+        t: kernel parameter (> 0). Paper: 2.
+    """
+    _check_positive(t=t)
+    if z.dim() != 2:
+        raise ValueError(f"z must be (N, D); got shape {tuple(z.shape)}")
+    if z.shape[0] < 2:
+        raise ValueError(f"uniformity needs at least N=2 samples; got N={z.shape[0]}")
+    return torch.pdist(_upcast(z), p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def align_uniform_loss(
+    views: Tensor | Sequence[Tensor],
+    align_alpha: float = 2.0,
+    unif_t: float = 2.0,
+    unif_weight: float = 1.0,
+    *,
+    check_inputs: bool = True,
+) -> LossOutput:
+    r"""AU-CL: alignment + uniformity loss (Wang & Isola, "Understanding Contrastive
+    Representation Learning through Alignment and Uniformity on the Hypersphere", ICML 2020,
+    arXiv:2005.10242).
+
+        alignment  = mean over view pairs v < w of  mean_i ||z_v,i - z_w,i||^align_alpha
+        uniformity = mean over views v of  log mean_{i<j} exp(-unif_t ||z_v,i - z_v,j||^2)
+        loss = alignment + unif_weight * uniformity
+
+    Distances come from the Gram matrix (d2 = 2 - 2 z.z). For V = 2 and unif_weight = 1 this is
+    the paper's ``align + (unif(x) + unif(y)) / 2``.
+
+    Args:
+        views: (V, B, D), or V tensors (B, D); L2-normalised along D.
+        align_alpha: alignment exponent (> 0). Paper: 2.
+        unif_t: uniformity kernel parameter t (> 0). Paper: 2.
+        unif_weight: weight of the uniformity term (>= 0). Paper: 1.
+    """
+    _check_positive(align_alpha=align_alpha, unif_t=unif_t)
+    _check_nonnegative(unif_weight=unif_weight)
+    z = _check_views(views, check_inputs)
+    V, B, _ = z.shape
+    with _no_autocast(z.device):
+        vi, wi = pair_indices(V, z.device)
+        d2_pos = (2.0 - 2.0 * (z[vi] * z[wi]).sum(-1)).clamp_min(0)  # (P, B)
+        # alpha = 2 needs no root; other exponents go through the distance itself.
+        align = d2_pos.mean() if align_alpha == 2.0 else d2_pos.pow(align_alpha / 2).mean()
+        g = torch.bmm(z, z.transpose(1, 2))  # (V, B, B) within-view Gram
+        iu = torch.triu_indices(B, B, offset=1, device=z.device)
+        d2 = 2.0 - 2.0 * g[:, iu[0], iu[1]]  # (V, B(B-1)/2)
+        unif = torch.logsumexp(-unif_t * d2, dim=-1) - math.log(d2.shape[-1])  # log mean exp
+        unif = unif.mean()
+    return LossOutput(
+        loss=align + unif_weight * unif, alignment=align, uniformity=unif_weight * unif
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+LossFn = Callable[..., LossOutput]
+
+# One name per method, used everywhere: registry key, CLI --method, config.json, figure legends.
+LOSSES: dict[str, LossFn] = {
+    "cacr": cacr_loss,
+    "infonce": info_nce_loss,
+    "align-uniform": align_uniform_loss,
+    "hard-negative": hard_negative_loss,
+    "debiased": debiased_loss,
+}
+
+# One line per option, shown by the CLI's --help and the dashboard's sidebar.
+OPTION_HELP: dict[str, str] = {
+    "tau_pos": "CACR inverse temperature multiplying d2 in pi_pos (paper 1.0)",
+    "tau_neg": "CACR inverse temperature multiplying d2 in pi_neg (paper 0.9 CIFAR-10, 2.0 others)",
+    "alpha": "CACR scale of the attraction term (paper 1.0)",
+    "beta": "scale of CACR's repulsion / HN-CL's hardness concentration (paper 1.0)",
+    "weighting": "CACR ablation: full | without_w1 | without_w2 | none",
+    "weight_grad": "CACR: attached (reference) or detached softmax weights",
+    "cost": "CACR repulsion cost: euclidean (reference) or rbf",
+    "rbf_t": "CACR rbf kernel parameter t (default 2.0)",
+    "debiased_tau_plus": "CACR Chuang et al. debiasing class prior (off by default; e.g. 0.1)",
+    "symmetric": "CACR: negatives from all views in both directions (not the paper's pairing)",
+    "temperature": "InfoNCE-family temperature dividing the cosine similarity (SimCLR 0.5)",
+    "tau_plus": "class prior of HN-CL / DCL (paper 0.1)",
+    "align_alpha": "AU-CL alignment exponent (paper 2)",
+    "unif_t": "AU-CL uniformity kernel t (paper 2)",
+    "unif_weight": "AU-CL weight of the uniformity term (paper 1)",
+}
+
+
+def loss_options(method: str) -> dict[str, object]:
+    """The tunable options of a registered loss with their defaults.
+
+    >>> loss_options("infonce")
+    {'temperature': 0.5}
+    """
+    if method not in LOSSES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")
+    sig = inspect.signature(LOSSES[method])
+    return {
+        name: p.default
+        for name, p in sig.parameters.items()
+        if name not in ("views", "check_inputs") and p.default is not inspect.Parameter.empty
+    }
