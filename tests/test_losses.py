@@ -22,6 +22,7 @@ from cacr_lab.losses import (
     hard_negative_loss,
     info_nce_loss,
     loss_options,
+    moco_cacr_loss,
     uniformity,
 )
 
@@ -548,3 +549,68 @@ def test_metric_guards():
         alignment(unit(2, 3), unit(3, 3))
     with pytest.raises(ValueError, match="unknown method 'simclr'"):
         loss_options("simclr")
+
+
+# --------------------------------------------------------------------------------------------
+# MoCo-style large-scale form
+# --------------------------------------------------------------------------------------------
+
+
+def moco_v3_ctr(q, k, T, queue=None):
+    """MoCo v3's contrastive_loss (one GPU): CE over q.k / T with the batch keys, times 2T;
+    a queue adds columns of negatives as in MoCo v1/v2."""
+    logits = q @ k.T / T
+    if queue is not None:
+        logits = torch.cat([logits, q @ queue.T / T], dim=1)
+    return F.cross_entropy(logits, torch.arange(len(q))) * 2 * T
+
+
+def test_moco_form_with_one_positive_key_is_moco_v3():
+    q, k = unit(2, 8, 16, seed=21), unit(2, 8, 16, seed=22)
+    queue = unit(20, 16, seed=23)
+    for T in (0.1, 0.2, 1.0):
+        out = moco_cacr_loss(q, temperature=T, keys=k)
+        expected = moco_v3_ctr(q[0], k[1], T) + moco_v3_ctr(q[1], k[0], T)
+        torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(out.loss, out.attraction + out.repulsion)
+        with_queue = moco_cacr_loss(q, temperature=T, keys=k, queue=queue)
+        expected_q = moco_v3_ctr(q[0], k[1], T, queue) + moco_v3_ctr(q[1], k[0], T, queue)
+        torch.testing.assert_close(with_queue.loss, expected_q, rtol=0, atol=1e-10)
+    # An empty queue is no queue.
+    torch.testing.assert_close(
+        moco_cacr_loss(q, keys=k, queue=queue[:0]).loss, moco_cacr_loss(q, keys=k).loss
+    )
+
+
+def test_moco_form_weights_positive_keys_by_distance():
+    q, k = unit(4, 6, 8, seed=24), unit(4, 6, 8, seed=25)
+    out = moco_cacr_loss(q, keys=k, tau_pos=5.0)
+    assert out.pos_weights.shape == (4, 6, 3) and out.neg_weights.shape == (4, 6, 3, 5)
+    d2 = torch.stack(
+        [
+            torch.stack([((q[v, i] - k[w, i]) ** 2).sum() for w in range(4) if w != v])
+            for v in range(4)
+            for i in range(6)
+        ]
+    ).view(4, 6, 3)
+    torch.testing.assert_close(out.pos_d2, d2)
+    torch.testing.assert_close(out.pos_weights, torch.softmax(5.0 * d2, -1))
+
+
+def test_moco_gradcheck_and_keys_get_no_gradient():
+    x = torch.randn(2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    k = unit(2, 4, 5, seed=4).requires_grad_(True)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t: moco_cacr_loss(F.normalize(t, dim=-1), keys=k).loss, (x,)
+    )
+    moco_cacr_loss(F.normalize(x, dim=-1), keys=k).loss.backward()
+    assert k.grad is None
+
+
+def test_moco_bad_keys_and_queue_raise():
+    q = unit(2, 4, 5)
+    with pytest.raises(ValueError, match="keys must have the queries' shape"):
+        moco_cacr_loss(q, keys=unit(2, 3, 5))
+    with pytest.raises(ValueError, match=r"queue must be \(Q, 5\)"):
+        moco_cacr_loss(q, queue=unit(7, 4))
