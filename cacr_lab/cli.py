@@ -254,20 +254,18 @@ def evaluate_run(
         "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
     }
     if protocol == "paper":
-        from cacr_lab.data import view_transform
+        from cacr_lab.data import probe_transforms
         from cacr_lab.evaluate import linear_probe_paper
 
-        tf = view_transform(cfg["dataset"], sp.image_size, sp.mean, sp.std)
+        train_tf, test_tf = probe_transforms(cfg["dataset"], sp.image_size, sp.mean, sp.std)
         probe = linear_probe_paper(
             model,
             sp.train,
             sp.test,
-            train_transform=tf,
-            test_transform=None,
+            train_transform=train_tf,
+            test_transform=test_tf,
             epochs=probe_epochs,
             device=str(dev),
-            mean=sp.mean,
-            std=sp.std,
         )
     else:
         probe = linear_probe(train_f, sp.train.labels, test_f, sp.test.labels)

@@ -89,7 +89,7 @@ def _run_frozen(
                 if size is not None:
                     x = center_view(x, size)
                 x = (x.float() / 255.0 - mean_t) / std_t
-            outputs.append(fn(x).float().cpu())
+            outputs.append(fn(x).float())
     finally:
         model.train(was_training)  # callers mid-training get their mode back
     if not outputs:
@@ -119,8 +119,9 @@ def extract_features(
             `cacr_lab.data.center_view` (resize + centre crop, e.g. STL-10's 96 px -> 64 px).
 
     Returns:
-        ``(N, F) float32`` on the CPU (F = ``model.feature_dim``). The model's train/eval mode
-        is restored afterwards.
+        ``(N, F) float32`` on ``device`` (F = ``model.feature_dim``), so that `knn_accuracy` and
+        `linear_probe` run there too; ``.cpu()`` it for NumPy. The model's train/eval mode is
+        restored afterwards.
     """
     return _run_frozen(model, model.features, images, mean, std, batch_size, device, image_size)
 
@@ -136,7 +137,7 @@ def embed(
     image_size: int | None = None,
 ) -> torch.Tensor:
     """Like `extract_features` but returns the L2-normalised projection ``model(x)``:
-    ``(N, feat_dim) float32`` unit vectors on the CPU."""
+    ``(N, feat_dim) float32`` unit vectors on ``device``."""
     return _run_frozen(model, model, images, mean, std, batch_size, device, image_size)
 
 
@@ -326,7 +327,7 @@ def linear_probe(
     n_classes = _num_classes(num_classes, train_labels, test_labels)
     device = train_feats.device
     x = train_feats.float()
-    mu, sigma = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)  # constant features stay finite
+    mu, sigma = x.mean(dim=0), x.std(dim=0, correction=0).clamp_min(1e-6)  # finite for constants
     x = (x - mu) / sigma
     y = train_labels.to(device)
 
