@@ -14,7 +14,7 @@ import torch
 
 
 def main() -> None:
-    from cacr_lab.train import Trainer, TrainConfig
+    from cacr_lab.train import TrainConfig, Trainer
 
     out, run_dir, *rank_files = sys.argv[1:]
     config = TrainConfig(dataset="toy", batch_size=16, positives=2, max_steps=1, device="cpu",
