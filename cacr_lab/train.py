@@ -142,8 +142,9 @@ class TrainConfig:
         _choice("imbalance", self.imbalance, IMBALANCE_PROFILES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("view_batching", self.view_batching, VIEW_BATCHING)
-        if self.encoder is not None:
-            _choice("encoder", self.encoder, ENCODERS)
+        if self.encoder is None:
+            self.encoder = default_encoder(self.dataset)
+        _choice("encoder", self.encoder, ENCODERS)
         _int_at_least("positives", self.positives, 1)
         _int_at_least("batch_size", self.batch_size, 2)
         _int_at_least("epochs", self.epochs, 1)

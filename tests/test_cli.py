@@ -113,6 +113,12 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     # Identical data for every method: the same class counts.
     counts = {tuple(load_run(r["run_dir"]).config["class_counts"]) for r in rows}
     assert len(counts) == 1
+    # Run again: the finished runs are reused, not trained (nor deleted) again.
+    status = {r["run_dir"]: (Path(r["run_dir"]) / "status.json").read_bytes() for r in rows}
+    code, _, err = run_cli(capsys, "compare", "--methods", "cacr,infonce", "--seeds", "2",
+                           *TINY, "--imbalance", "linear", "--out", str(out_dir))
+    assert code == 0, err
+    assert {p: (Path(p) / "status.json").read_bytes() for p in status} == status
 
 
 def _unreadable_folder(tmp_path: Path) -> Path:
