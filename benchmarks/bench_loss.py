@@ -177,7 +177,7 @@ def main() -> None:
         )
     Bm = args.memory_batch
     cacr_mb = peak_memory_mb("cacr", V, Bm, D, args.device)
-    loop_small = 512
+    loop_small = min(512, Bm)
     loop_mb = peak_memory_mb("loop", V, loop_small, D, args.device)
     # The loop keeps one (B, B, D) float32 difference tensor per pair for backward.
     loop_est_gb = V * (V - 1) / 2 * Bm * Bm * D * 4 / 2**30

@@ -351,6 +351,7 @@ class Trainer:
     ):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         torch.manual_seed(config.seed)
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick kernels
         self.dist = DistInfo.from_env()
         self.device = self.dist.device(config.device)
         if config.batch_size % self.dist.world_size:
@@ -678,7 +679,8 @@ class Trainer:
             while self.step < self.total_steps:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at_epoch(cfg, self.epoch)
-                order = self.epoch_order(self.epoch)
+                # On the device once per epoch: indexing it then needs no host-GPU copy per step.
+                order = self.epoch_order(self.epoch).to(self.device)
                 start = self.step % self.steps_per_epoch
                 for _ in range(start, self.steps_per_epoch):
                     if self._stop:
