@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -109,8 +108,15 @@ def memory_child(which: str, V: int, B: int, D: int) -> None:
         cacr_loss(z, 1.0, 0.9, check_inputs=False).loss.backward()
     else:
         loop_cacr(z).backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"peak_mb": peak - before}))
+    print(json.dumps({"peak_mb": _peak_rss_mb() - before}))
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over
+    from the parent across fork + exec, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB -> MiB
 
 
 def peak_memory_mb(which: str, V: int, B: int, D: int, device: str) -> float:

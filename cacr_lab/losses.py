@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -256,13 +255,6 @@ def _off_diagonal_copy(x: Tensor) -> Tensor:
     return y.clone() if y._is_view() else y
 
 
-def _insert_diagonal(x: Tensor) -> Tensor:
-    """(..., n, n-1) -> (..., n, n) with zeros on the diagonal; the inverse of _off_diagonal."""
-    n = x.shape[-2]
-    rows = F.pad(x.reshape(*x.shape[:-2], n - 1, n), (0, 1))  # (..., n-1, n+1)
-    return F.pad(rows.flatten(-2), (1, 0)).view(*x.shape[:-2], n, n)
-
-
 class _CrossViewRepulsion(torch.autograd.Function):
     """The weighted repulsion of the reference pairing, fused, with a closed-form backward.
 
@@ -274,9 +266,10 @@ class _CrossViewRepulsion(torch.autograd.Function):
         dE_i / dd_ij = pi_ij                              (detached weights)
 
     Autograd through the same expression keeps ~6 (P, B, B) tensors alive and makes ~20 passes
-    over them; here the only tensors kept are the two outputs pi_neg and d2 (P, B, B-1), which
-    the caller returns anyway, and the softmax runs in place. ``tests/test_losses.py`` checks
-    values and gradients against the loop reference and gradcheck.
+    over them; here the softmax runs in place in the Gram buffer, which is the only (P, B, B)
+    tensor kept for the backward (the Gram matrix is recomputed there, one matmul per view).
+    ``tests/test_losses.py`` checks values and gradients against the loop reference and
+    gradcheck.
     """
 
     @staticmethod
@@ -296,23 +289,33 @@ class _CrossViewRepulsion(torch.autograd.Function):
         g.sub_(g.amax(-1, keepdim=True)).exp_()
         g.div_(g.sum(-1, keepdim=True))
         pi = _off_diagonal_copy(g)  # (P, B, B-1)
-        del g
         e = (pi.unsqueeze(-2) @ d2.unsqueeze(-1)).view(P, B)  # E_i without a (P, B, B-1) temp
         ctx.tau, ctx.detach, ctx.scale = tau, detach, 2.0 * beta / (P * B)
-        ctx.save_for_backward(z, pi, d2, e)
+        # g now holds the weights in the full (P, B, B) layout, zero on the diagonal: the
+        # backward works in that layout and recomputes the Gram matrix instead of keeping it.
+        ctx.save_for_backward(z, g, e)
         ctx.mark_non_differentiable(pi, d2)
         return -beta * e.sum() / (P * B), pi, d2
 
     @staticmethod
     def backward(ctx, grad_r: Tensor, _gw: Tensor, _gd: Tensor):  # type: ignore[override]
-        z, pi, d2, e = ctx.saved_tensors
+        z, w, e = ctx.saved_tensors
         V, B, D = z.shape
-        # dR/dG_ij = 2 beta / (P B) * pi_ij * (1 - tau (d_ij - E_i))   [* 1 if detached]
+        # dR/dG_ij = 2 beta / (P B) * pi_ij * (1 - tau (d_ij - E_i)),  d_ij = 2 - 2 G_ij
+        #          = scale * pi_ij * (a_i + 2 tau G_ij),  a_i = 1 - 2 tau + tau E_i
+        # [detached weights: scale * pi_ij]. pi_ii = 0 keeps the positive out.
+        scale = ctx.scale * grad_r
         if ctx.detach:
-            dg = pi * (ctx.scale * grad_r)
+            dg = w * scale
         else:
-            dg = (d2 - e.unsqueeze(-1)).mul_(-ctx.tau).add_(1.0).mul_(pi).mul_(ctx.scale * grad_r)
-        dg = _insert_diagonal(dg)  # (P, B, B)
+            dg = torch.empty_like(w)
+            start = 0
+            for v in range(V - 1):  # recompute G block by block, straight into dg
+                n = V - 1 - v
+                torch.matmul(z[v], z[v + 1 :].transpose(1, 2), out=dg[start : start + n])
+                start += n
+            a = (1.0 - 2.0 * ctx.tau + ctx.tau * e).unsqueeze(-1) * scale  # (P, B, 1)
+            dg.mul_(2.0 * ctx.tau * scale).add_(a).mul_(w)
         grad = torch.zeros_like(z)
         start = 0
         for v in range(V - 1):
