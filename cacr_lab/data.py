@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 __all__ = [
@@ -754,6 +753,8 @@ class BatchAugment:
         rows = torch.arange(n, device=x.device, dtype=x.dtype)
         boxes = torch.stack((rows, left, top, left + w, top + h), dim=1)
         # aligned=True puts sample points at pixel centres, i.e. resize with align_corners=False.
+        from torchvision.ops import roi_align  # lazy: importing torchvision.ops costs ~2 s
+
         x = roi_align(
             x,
             boxes,

@@ -533,7 +533,7 @@ def weight_stats(weights: torch.Tensor, d2: torch.Tensor) -> dict[str, float]:
         ``entropy``: mean of -sum w log w (nats); ``entropy_norm``: entropy / log N (1 for
         uniform weights; 1 by convention when N = 1); ``ess``: mean effective sample size
         1 / sum w^2 (N for uniform weights, 1 for one-hot); ``ess_frac``: ess / N;
-        ``max_weight``: mean of the largest weight; ``corr_weight_d2``: mean Pearson
+        ``max_weight``: mean of the largest weight; ``wd_corr``: mean Pearson
         correlation between w and d2 within a row (positive for pi_pos, negative for pi_neg),
         over rows where both vary; 0.0 if no row does.
 
@@ -564,5 +564,5 @@ def weight_stats(weights: torch.Tensor, d2: torch.Tensor) -> dict[str, float]:
         "ess": float(ess.mean()),
         "ess_frac": float(ess.mean()) / n,
         "max_weight": float(w.amax(dim=1).mean()),
-        "corr_weight_d2": float(corr.mean()) if corr.numel() else 0.0,
+        "wd_corr": float(corr.mean()) if corr.numel() else 0.0,
     }

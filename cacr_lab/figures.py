@@ -440,6 +440,65 @@ def _pca_2d(x: np.ndarray) -> np.ndarray:
     return xy.astype(np.float32)
 
 
+# umap-learn / pynndescent modules holding numba functions that compute_umap reaches.
+_UMAP_NUMBA_MODULES = (
+    "umap.umap_",
+    "umap.layouts",
+    "umap.utils",
+    "umap.distances",
+    "umap.spectral",
+    "umap.sparse",
+    "pynndescent.pynndescent_",
+    "pynndescent.utils",
+    "pynndescent.distances",
+    "pynndescent.rp_trees",
+    "pynndescent.sparse",
+)
+
+
+def enable_umap_disk_cache() -> int:
+    """Turn on numba's on-disk cache for umap-learn's jitted functions; returns how many.
+
+    umap-learn compiles most of its numba functions on first use without ``cache=True``, which
+    costs ~20 s of every new process on a 2-core CPU. With the cache on, the machine code is
+    kept (in the package's ``__pycache__``, or ``$NUMBA_CACHE_DIR``) and later processes load it
+    in well under a second. Idempotent.
+    """
+    import importlib
+
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    count = 0
+    for name in _UMAP_NUMBA_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a module another umap-learn version lacks
+            continue
+        for obj in vars(module).values():
+            # _cache: numba's per-function cache object (NullCache = not caching)
+            if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None), NullCache):
+                obj.enable_caching()
+                count += 1
+    return count
+
+
+def warm_up_umap(n: int = 64, seed: int = 0) -> float:
+    """Compile (or load from the disk cache) the numba code of :func:`compute_umap` now, with
+    one UMAP of ``n`` random points, so that the first real UMAP is quick. Returns seconds.
+
+    The dashboard runs this in a background thread when it starts. First call on a machine:
+    ~25 s on a 2-core CPU; in any later process: ~3 s (mostly importing umap-learn).
+    """
+    import time
+
+    start = time.perf_counter()
+    enable_umap_disk_cache()
+    rng = np.random.default_rng(seed)
+    compute_umap(rng.standard_normal((max(n, 32), 8)), seed=seed)
+    return time.perf_counter() - start
+
+
 def embedding_scatter(
     xy: np.ndarray,
     labels: np.ndarray,
@@ -974,3 +1033,42 @@ def theory_curves(
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
     return _finish(fig, title)
+
+
+def metric_bars(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    label: str = "run",
+    metrics: Sequence[str] = ("knn_acc", "probe_acc"),
+    title: str = "Final accuracy per run",
+    y_title: str = "accuracy",
+    y_range: Sequence[float] | None = None,
+) -> go.Figure:
+    """Grouped bars of a few final numbers per run (an ablation table as a picture).
+
+    ``rows``: one mapping per run (e.g. :func:`compare_rows` with extra keys) holding ``label``
+    (the bar's x) and the ``metrics`` (missing or None values are left out). One Bar trace per
+    metric, named after it. ``y_range``: e.g. ``(0.9, 1.0)`` to zoom on small differences.
+    """
+    if not rows:
+        raise ValueError("no rows given")
+    missing = [i for i, r in enumerate(rows) if label not in r]
+    if missing:
+        raise ValueError(f"rows {missing} have no {label!r} key")
+    fig = go.Figure()
+    for i, metric in enumerate(metrics):
+        kept = [r for r in rows if r.get(metric) is not None]
+        if not kept:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=[str(r[label]) for r in kept],
+                y=[float(r[metric]) for r in kept],
+                name=metric,
+                marker_color=pc.qualitative.D3[i % 10],
+                hovertemplate="%{x}<br>" + metric + " %{y:.4f}<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text=y_title, range=list(y_range) if y_range is not None else None)
+    return _finish(fig, title, height=450)

@@ -240,7 +240,7 @@ def test_weight_stats_uniform_and_one_hot():
     assert uniform["ess"] == pytest.approx(10.0) and uniform["ess_frac"] == pytest.approx(1.0)
     assert uniform["entropy"] == pytest.approx(math.log(10))
     assert uniform["entropy_norm"] == pytest.approx(1.0)
-    assert uniform["max_weight"] == pytest.approx(0.1) and uniform["corr_weight_d2"] == 0.0
+    assert uniform["max_weight"] == pytest.approx(0.1) and uniform["wd_corr"] == 0.0
     one_hot = weight_stats(F.one_hot(torch.zeros(4, dtype=torch.long), 6).float(), torch.rand(4, 6))
     assert one_hot["ess"] == pytest.approx(1.0) and one_hot["entropy"] == pytest.approx(0.0)
     assert one_hot["max_weight"] == 1.0
@@ -250,8 +250,8 @@ def test_weight_stats_uniform_and_one_hot():
 
 def test_weight_stats_correlation_sign():
     d2 = torch.rand(8, 20) * 4
-    assert weight_stats(torch.softmax(-0.9 * d2, dim=1), d2)["corr_weight_d2"] < -0.9
-    assert weight_stats(torch.softmax(1.0 * d2, dim=1), d2)["corr_weight_d2"] > 0.9
+    assert weight_stats(torch.softmax(-0.9 * d2, dim=1), d2)["wd_corr"] < -0.9
+    assert weight_stats(torch.softmax(1.0 * d2, dim=1), d2)["wd_corr"] > 0.9
     with pytest.raises(ValueError, match="same shape"):
         weight_stats(torch.rand(2, 3), torch.rand(2, 4))
 

@@ -1,0 +1,166 @@
+"""How fast the live lab shows a new run: seconds from pressing Start (digits, the page's
+defaults) to the first weight histogram and to the first UMAP in a real browser, and the time of
+one UMAP refresh of the embedding sample once warmed up.
+
+    .venv/bin/python benchmarks/bench_app.py [--wait-before-start 10] [--screenshot PATH]
+
+Targets on a 2-core CPU: first histogram < 10 s, first UMAP < 20 s, one UMAP refresh < 3 s.
+Drives headless Chromium with the helpers of tests/test_app_browser.py (Debian's chromium and
+chromium-driver). Writes nothing in the repository except the optional screenshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def browser_helpers():
+    """tests/test_app_browser.py as a module (its server and browser helpers)."""
+    spec = importlib.util.spec_from_file_location(
+        "app_browser_helpers", ROOT / "tests" / "test_app_browser.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def umap_refresh_seconds(run_dir: Path, repeats: int = 3) -> tuple[float, int]:
+    """Median seconds of compute_umap on the run's latest embedding sample, after a warm-up."""
+    from cacr_lab import figures
+    from cacr_lab.runs import latest_snapshot
+
+    snap = latest_snapshot(run_dir)
+    figures.warm_up_umap()
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        figures.compute_umap(snap.embeddings, seed=seed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), snap.embeddings.shape[0]
+
+
+def page_umap_refresh(h, driver, run_dir: Path, index: int = 1, timeout: float = 120.0):
+    """Seconds from snapshot number ``index`` (0-based) being written to its UMAP being on the
+    page; None if the run never wrote it."""
+    from cacr_lab.runs import list_snapshots
+
+    def snapshot():
+        snaps = list_snapshots(run_dir)
+        return snaps[index] if len(snaps) > index else None
+
+    try:
+        snap = h.wait_until(snapshot, timeout, f"snapshot {index}", poll=0.05)
+    except TimeoutError:
+        return None
+    written = time.time()  # polled every 50 ms, so within 0.05 s of the write
+    step = int(snap.stem.split("_")[1])
+    title = f"{h.UMAP_TITLE} · {run_dir.name} · step {step} "
+    h.wait_until(
+        lambda: any(t.startswith(title) for t in h.chart_titles(driver)),
+        timeout,
+        f"the UMAP of step {step}",
+        poll=0.05,
+    )
+    return time.time() - written
+
+
+def first_snapshot_after(run_dir: Path, clicked: float) -> float | None:
+    """Seconds from pressing Start to the trainer writing its first snapshot."""
+    from cacr_lab.runs import list_snapshots
+
+    snaps = list_snapshots(run_dir)
+    return snaps[0].stat().st_mtime - clicked if snaps else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--wait-before-start",
+        type=float,
+        default=10.0,
+        help="seconds the page is open before Start is pressed (a user choosing "
+        "options; the page warms UMAP up meanwhile)",
+    )
+    p.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page here")
+    p.add_argument(
+        "--screenshot-epoch",
+        type=int,
+        default=1,
+        help="take the screenshot once the UMAP of this epoch's snapshot is shown",
+    )
+    args = p.parse_args()
+
+    h = browser_helpers()
+    missing = h.browser_missing()
+    if missing:
+        print(f"skipped: {missing}")
+        return 0
+    load_before = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    runs_root, port = tmp / "runs", h.free_port()
+    server = h.start_server(runs_root, port, tmp / "streamlit.log")
+    driver = None
+    run_dir = runs_root / "bench-run"
+    try:
+        h.wait_healthy(port, server)
+        driver = h.make_driver(tmp / "chromium-profile", height=1850)
+        t_open = time.monotonic()
+        h.open_page(driver, port, "No runs yet")
+        page_load = time.monotonic() - t_open
+        h.type_run_name(driver, run_dir.name)
+        time.sleep(max(0.0, args.wait_before_start - (time.monotonic() - t_open)))
+        clicked = time.time()
+        first = h.press_start_and_wait(driver, timeout=180)
+        first_snapshot = first_snapshot_after(run_dir, clicked)
+        refresh_page = page_umap_refresh(h, driver, run_dir)
+        if args.screenshot is not None:
+            if args.screenshot_epoch > 1:
+                page_umap_refresh(h, driver, run_dir, index=args.screenshot_epoch, timeout=300)
+            args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            driver.execute_script(  # show the top of the sidebar, not the run-name field
+                "const s = document.querySelector('[data-testid=stSidebarContent]');"
+                "if (s) { s.scrollTop = 0; }"
+            )
+            time.sleep(0.5)
+            driver.save_screenshot(str(args.screenshot))
+        stop = h.button(driver, f"stop_{run_dir.name}")
+        if stop is not None:
+            stop.click()
+    finally:
+        if driver is not None:
+            driver.quit()
+        h.stop_process_group(server)
+        h.kill_trainers(runs_root)
+    refresh, n = umap_refresh_seconds(run_dir)
+    results = {
+        "page_load_s": round(page_load, 2),
+        "start_pressed_after_open_s": args.wait_before_start,
+        "start_to_first_snapshot_file_s": None
+        if first_snapshot is None
+        else round(first_snapshot, 2),
+        "start_to_first_weight_histogram_s": round(first["weights"], 2),
+        "start_to_first_umap_s": round(first["umap"], 2),
+        "snapshot_to_umap_on_page_s": None if refresh_page is None else round(refresh_page, 2),
+        "umap_refresh_s": round(refresh, 3),
+        "umap_points": n,
+        "targets": {"histogram_s": 10, "umap_s": 20, "umap_refresh_s": 3},
+        "cpus": os.cpu_count(),
+        "load_average_1min_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "python": sys.version.split()[0],
+    }
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

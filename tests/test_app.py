@@ -1,0 +1,309 @@
+"""The dashboard (app/main.py) through Streamlit's AppTest: no runs, a finished run made by a real
+short training, comparison, bad input, damaged run folders, and Start -> growing run -> Stop.
+
+The charts are read back as the plotly specs the page sends to the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cacr_lab.losses import LOSSES
+from cacr_lab.runs import load_run, run_state
+from cacr_lab.train import TrainConfig, train
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+TIMEOUT = 240  # one AppTest run; the first UMAP of a process compiles numba code
+
+
+def app(root: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CACR_LAB_RUNS", str(root))
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """{figure title: plotly spec} of every chart on the page."""
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s for s in specs}
+
+
+def chart(at: AppTest, title_start: str) -> dict:
+    found = [s for t, s in charts(at).items() if t.startswith(title_start)]
+    assert found, f"no chart titled {title_start!r}; have {list(charts(at))}"
+    return found[0]
+
+
+def trace_names(spec: dict) -> list[str]:
+    return [d.get("name") for d in spec["data"]]
+
+
+def values(data) -> np.ndarray:
+    """A plotly spec's array: a list, or plotly's base64 typed array {"dtype", "bdata"}."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])
+    return np.asarray(data)
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A real (short) CACR training on imbalanced digits: what a user's finished run looks like."""
+    root = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(
+        dataset="digits",
+        method="cacr",
+        epochs=1,
+        max_steps=4,
+        batch_size=64,
+        positives=2,
+        imbalance="linear",
+        log_every=1,
+        snapshot_size=128,
+        knn_k=20,
+    )
+    return train(config, root / "cacr-digits", progress=False)
+
+
+def test_page_renders_with_no_runs(tmp_path, monkeypatch):
+    at = app(tmp_path / "runs", monkeypatch).run()
+    assert not at.exception
+    assert "No runs yet" in texts(at.info)
+    assert at.button(key="start").label == "Start" and not at.button(key="start").disabled
+    assert at.selectbox(key="dataset").value == "digits"
+    assert at.selectbox(key="method").options == list(LOSSES)
+    # CACR's options with the paper's defaults for digits (the CIFAR-10 values)
+    by_label = {n.label: n.value for n in at.sidebar.number_input}
+    assert by_label["tau_pos"] == 1.0 and by_label["tau_neg"] == 0.9
+    assert by_label["alpha"] == 1.0 and by_label["beta"] == 1.0
+    assert at.sidebar.selectbox[2].label == "weighting"
+    assert at.sidebar.selectbox[2].value == "full"
+    at.selectbox(key="method").select("infonce").run()
+    by_label = {n.label: n.value for n in at.sidebar.number_input}
+    assert by_label["temperature"] == 0.5 and "tau_neg" not in by_label
+    assert not at.get("plotly_chart")
+    assert at.session_state.live is False
+
+
+def test_finished_run_shows_every_panel(finished_run, monkeypatch):
+    at = app(finished_run.parent, monkeypatch).run()
+    assert not at.exception
+    assert not at.warning
+    status = texts(at.markdown)
+    assert "cacr-digits" in status and "finished · step 4/4" in status
+    assert at.session_state.live is False  # a finished run is not refreshed
+
+    # 1. loss and its CACR parts
+    loss = trace_names(chart(at, "Training loss"))
+    assert {
+        "cacr · cacr-digits · loss",
+        "cacr · cacr-digits · attraction",
+        "cacr · cacr-digits · repulsion",
+    } <= set(loss)
+    # 2. weights: histograms of pi_pos and pi_neg, sharpening over time, weight vs distance
+    hist = chart(at, "Conditional weights at step 4")
+    assert trace_names(hist) == ["pi_pos", "pi_neg"]
+    assert len(values(hist["data"][1]["x"])) == 64 * 63  # Q queries x (B - 1) negatives
+    stats = trace_names(chart(at, "Concentration of the conditional weights"))
+    assert "cacr · cacr-digits · pi_pos" in stats and "cacr · cacr-digits · pi_neg" in stats
+    assert "query 0" in trace_names(chart(at, "Weight against squared distance"))
+    # 3. UMAP of the embedding sample, coloured by class
+    umap = chart(at, "UMAP of the embedding sample · cacr-digits · step 4")
+    assert sum(len(values(d["x"])) for d in umap["data"]) == 128
+    assert set(trace_names(umap)) <= {str(c) for c in range(10)} and len(umap["data"]) >= 5
+    # 4. evaluation over time, and per-class accuracy for this imbalanced run
+    assert "cacr · cacr-digits · knn_acc" in trace_names(chart(at, "Evaluation"))
+    per_class = chart(at, "Per-class accuracy")
+    assert per_class["data"][0]["name"] == "cacr · cacr-digits"
+    assert len(values(per_class["data"][0]["y"])) == 10
+
+
+def test_compare_overlays_runs_and_places_umaps_side_by_side(finished_run, tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    for name in ("cacr-a", "cacr-b"):
+        shutil.copytree(finished_run, root / name)
+    at = app(root, monkeypatch).run()
+    at.multiselect(key="compare").select("cacr-a").select("cacr-b").run()
+    assert not at.exception
+    loss = trace_names(chart(at, "Training loss"))
+    assert "cacr · cacr-a · loss" in loss and "cacr · cacr-b · loss" in loss
+    stats = [
+        t
+        for s in charts(at).values()
+        if s["layout"]["title"]["text"].startswith("Concentration")
+        for t in trace_names(s)
+    ]
+    assert "cacr · cacr-a · pi_neg" in stats and "cacr · cacr-b · pi_neg" in stats
+    umaps = [t for t in charts(at) if t.startswith("UMAP")]
+    assert any("cacr-a" in t for t in umaps) and any("cacr-b" in t for t in umaps)
+    per_class = chart(at, "Per-class accuracy")  # both runs are imbalanced (linear)
+    assert {"cacr · cacr-a", "cacr · cacr-b"} <= set(trace_names(per_class))
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["cacr-a", "cacr-b"]  # in the order picked
+
+
+@pytest.mark.parametrize(
+    ("widget", "value", "message"),
+    [
+        ("tau_neg", -1.0, "tau_neg must be a positive finite number"),
+        ("batch_size", 1, "batch_size must be an integer >= 2"),
+        ("epochs", 0, "epochs must be an integer >= 1"),
+        ("run_name", "../outside", "invalid run name '../outside'"),
+        ("run_name", "a/b", "characters ['/'] not allowed"),
+    ],
+)
+def test_bad_input_shows_the_library_message(tmp_path, monkeypatch, widget, value, message):
+    at = app(tmp_path / "runs", monkeypatch).run()
+    if widget == "tau_neg":
+        next(n for n in at.sidebar.number_input if n.label == "tau_neg").set_value(value)
+    elif widget == "run_name":
+        at.text_input(key="run_name").set_value(value)
+    else:
+        at.number_input(key=widget).set_value(value)
+    at.run()
+    assert not at.exception
+    assert message in texts(at.sidebar.error)
+    assert at.button(key="start").disabled
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_existing_run_name_is_refused(finished_run, monkeypatch):
+    at = app(finished_run.parent, monkeypatch).run()
+    at.text_input(key="run_name").set_value("cacr-digits").run()
+    assert "a run named 'cacr-digits' already exists" in texts(at.sidebar.error)
+
+
+def test_a_damaged_run_warns_and_the_rest_of_the_page_works(finished_run, tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "good")
+    bad = root / "bad"
+    shutil.copytree(finished_run, bad)
+    (bad / "config.json").write_text("{not json")
+    (bad / "status.json").write_text('{"state": "runn')  # half-written
+    with open(bad / "metrics.jsonl", "ab") as f:
+        f.write(b'garbage line\n{"kind": "train", "step": 9')  # corrupt + unterminated
+    for snap in (bad / "snapshots").iterdir():
+        snap.write_bytes(b"not a zip")
+    empty = root / "empty"  # a config.json and nothing else
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+
+    at = app(root, monkeypatch).run()
+    assert not at.exception
+    warnings = texts(at.warning)
+    assert "bad: config.json unreadable" in warnings and "bad: status.json unreadable" in warnings
+    assert "skipped corrupt line" in warnings
+    at.selectbox(key="watch").select("good").run()
+    assert not at.exception
+    assert chart(at, "UMAP of the embedding sample · good")
+    for name in ("bad", "empty"):
+        at.selectbox(key="watch").select(name).run()
+        assert not at.exception
+        assert "waiting for the first snapshot" in texts(at.info)
+        assert chart(at, "Training loss")
+
+
+def test_start_shows_a_growing_run_and_stop_marks_it_stopped(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    at = app(root, monkeypatch).run()
+    at.number_input(key="positives").set_value(2)
+    at.number_input(key="batch_size").set_value(64)
+    at.number_input(key="epochs").set_value(3)
+    at.selectbox(key="imbalance").select("linear")
+    at.text_input(key="run_name").set_value("from-the-page")
+    at.run()
+    at.button(key="start").click().run()
+    assert not at.exception
+    path = root / "from-the-page"
+    assert (path / "train.log").is_file()  # the trainer's output goes inside the run folder
+    assert at.session_state.live is True and at.session_state.watch == "from-the-page"
+    assert at.text_input(key="run_name").value == ""  # ready for the next run
+    try:
+        steps = []
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and len(set(steps)) < 3:
+            time.sleep(1.0)
+            at.run()
+            assert not at.exception
+            line = next((m.value for m in at.markdown if "**from-the-page**" in m.value), "")
+            assert "failed" not in line, line
+            if "running · step" in line:
+                steps.append(int(line.split("running · step ")[1].split("/")[0]))
+        assert len(set(steps)) >= 3, f"run did not grow: steps seen {steps}"
+        assert steps == sorted(steps)
+        assert chart(at, "Training loss")["data"], "no loss curve while running"
+        assert chart(at, "Conditional weights at step")
+        # an imbalanced run shows per-class kNN accuracy before its final linear probe
+        assert any("kNN at step" in n for n in trace_names(chart(at, "Per-class accuracy")))
+
+        at.button(key="stop_from-the-page").click().run()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and run_state(load_run(path)) == "running":
+            time.sleep(0.5)
+        at.run()
+        assert run_state(load_run(path)) == "stopped"
+        assert "stopped at step" in texts(at.markdown)
+        assert at.session_state.live is False
+    finally:
+        status = (
+            json.loads((path / "status.json").read_text())
+            if (path / "status.json").exists()
+            else {}
+        )
+        if status.get("state") == "running" and status.get("pid"):
+            try:
+                os.kill(status["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_runs_written_elsewhere_appear_with_their_state(finished_run, tmp_path, monkeypatch):
+    """A run from the CLI or a notebook shows up on the next refresh; a failed run shows the
+    error text of its status file."""
+    root = tmp_path / "runs"
+    at = app(root, monkeypatch).run()
+    assert "No runs yet" in texts(at.info)
+    shutil.copytree(finished_run, root / "from-cli")
+    failed = root / "broken-run"
+    shutil.copytree(finished_run, failed)
+    status = json.loads((failed / "status.json").read_text())
+    status.update(state="failed", step=3, error="non-finite loss at step 3 (epoch 0)")
+    (failed / "status.json").write_text(json.dumps(status))
+    at.run()
+    assert not at.exception
+    lines = texts(at.markdown)
+    assert "**from-cli** · `cacr` · finished · step 4/4" in lines
+    assert "**broken-run** · `cacr` · failed at step 3/4: non-finite loss at step 3 (epoch 0)" in (
+        lines
+    )
+    assert "Traceback" not in lines
+
+
+def test_a_trainer_that_cannot_start_shows_its_error_line(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    at = app(root, monkeypatch).run()
+    at.selectbox(key="dataset").select("folder").run()
+    at.text_input(key="folder_path").set_value(str(tmp_path / "no-such-folder")).run()
+    at.text_input(key="run_name").set_value("bad-folder").run()
+    at.button(key="start").click().run()
+    deadline = time.monotonic() + 90
+    line = ""
+    while time.monotonic() < deadline and "failed to start" not in line:
+        time.sleep(0.5)
+        at.run()
+        line = next((m.value for m in at.markdown if "**bad-folder**" in m.value), "")
+    assert "failed to start (exit code 2): `error:" in line
+    assert "no-such-folder" in line
+    assert at.session_state.live is False
