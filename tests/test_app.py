@@ -220,7 +220,8 @@ def test_start_shows_a_growing_run_and_stop_marks_it_stopped(tmp_path, monkeypat
     at = app(root, monkeypatch).run()
     at.number_input(key="positives").set_value(2)
     at.number_input(key="batch_size").set_value(64)
-    at.number_input(key="epochs").set_value(3)
+    # Long enough (~230 steps) that the run is still going when Stop is pressed on a fast box.
+    at.number_input(key="epochs").set_value(20)
     at.selectbox(key="imbalance").select("linear")
     at.text_input(key="run_name").set_value("from-the-page")
     at.run()
