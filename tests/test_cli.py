@@ -73,6 +73,48 @@ def test_train_then_eval_prints_and_stores_accuracies(tmp_path, capsys):
     assert 0 <= stored["knn_acc"] <= 1 and len(stored["per_class_acc"]) == 10
 
 
+def test_every_training_flag_reaches_the_run_config(tmp_path, capsys):
+    run_dir = str(tmp_path / "r")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        *TINY,
+        "--method",
+        "moco",
+        "--moco-queue",
+        "50",
+        "--moco-momentum",
+        "0.9",
+        "--temperature",
+        "0.3",
+        "--positives",
+        "2",
+        "--view-batching",
+        "joint",
+        "--schedule",
+        "cosine",
+        "--lr",
+        "0.05",
+        "--log-every",
+        "1",
+        "--run-dir",
+        run_dir,
+    )
+    assert code == 0, err
+    cfg = load_run(run_dir).config
+    assert (cfg["moco_queue"], cfg["moco_momentum"], cfg["loss_options"]["temperature"]) == (
+        50,
+        0.9,
+        0.3,
+    )
+    assert (cfg["positives"], cfg["view_batching"], cfg["schedule"], cfg["lr"]) == (
+        2,
+        "joint",
+        "cosine",
+        0.05,
+    )
+
+
 def test_paper_protocol_eval_runs_on_a_tiny_budget(tmp_path, capsys):
     run_dir = str(tmp_path / "r")
     assert run_cli(capsys, "train", *TINY, "--run-dir", run_dir)[0] == 0
@@ -115,8 +157,19 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     assert len(counts) == 1
     # Run again: the finished runs are reused, not trained (nor deleted) again.
     status = {r["run_dir"]: (Path(r["run_dir"]) / "status.json").read_bytes() for r in rows}
-    code, _, err = run_cli(capsys, "compare", "--methods", "cacr,infonce", "--seeds", "2",
-                           *TINY, "--imbalance", "linear", "--out", str(out_dir))
+    code, _, err = run_cli(
+        capsys,
+        "compare",
+        "--methods",
+        "cacr,infonce",
+        "--seeds",
+        "2",
+        *TINY,
+        "--imbalance",
+        "linear",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     assert {p: (Path(p) / "status.json").read_bytes() for p in status} == status
 
