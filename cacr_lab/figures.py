@@ -407,6 +407,8 @@ def compute_umap(
 
     import umap  # heavy (numba): imported only when a UMAP is asked for
 
+    enable_umap_disk_cache()  # compiled once per machine, not once per process
+
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # cosine ignores scale
     common = {
         "n_neighbors": n_neighbors,
