@@ -1010,10 +1010,12 @@ def theory_curves(
     title: str = "",
     hline: float | None = None,
     dashes: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """Plain lines y(x), one trace per entry of ``curves`` (name -> (n,) values over ``x`` (n,)),
     e.g. the gradient coefficients dE/dd of attached and detached weights against d².
-    ``hline`` draws a dotted reference line; ``dashes`` maps a name to a plotly dash style.
+    ``hline`` draws a dotted reference line; ``dashes`` maps a name to a plotly dash style and
+    ``colors`` to a colour (default: the D3 palette in order).
     """
     x = np.asarray(x, dtype=np.float64)
     fig = go.Figure()
@@ -1027,7 +1029,10 @@ def theory_curves(
                 y=y,
                 mode="lines",
                 name=name,
-                line={"color": pc.qualitative.D3[i % 10], "dash": (dashes or {}).get(name)},
+                line={
+                    "color": (colors or {}).get(name, pc.qualitative.D3[i % 10]),
+                    "dash": (dashes or {}).get(name),
+                },
             )
         )
     if hline is not None:

@@ -307,8 +307,11 @@ def test_query_force_figure_sizes_markers_by_weight():
 
 def test_theory_curves_one_trace_per_curve():
     d2 = np.linspace(0, 4, 50)
-    fig = theory_curves(d2, {"attached": d2 * 0 + 1, "detached": d2}, hline=0.0)
+    fig = theory_curves(
+        d2, {"attached": d2 * 0 + 1, "detached": d2}, hline=0.0, colors={"detached": "#000000"}
+    )
     assert [t.name for t in fig.data] == ["attached", "detached"]
+    assert fig.data[1].line.color == "#000000"
     with pytest.raises(ValueError, match="shape"):
         theory_curves(d2, {"bad": d2[:3]})
 
