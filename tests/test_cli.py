@@ -126,8 +126,7 @@ def test_paper_protocol_eval_runs_on_a_tiny_budget(tmp_path, capsys):
 
 def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     out_dir = tmp_path / "cmp"
-    code, out, err = run_cli(
-        capsys,
+    argv = [
         "compare",
         "--methods",
         "cacr,infonce",
@@ -138,7 +137,8 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
         "linear",
         "--out",
         str(out_dir),
-    )
+    ]
+    code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     rows = list(csv.DictReader(open(out_dir / "results.csv")))
     assert [(r["method"], r["seed"]) for r in rows] == [
@@ -157,19 +157,7 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     assert len(counts) == 1
     # Run again: the finished runs are reused, not trained (nor deleted) again.
     status = {r["run_dir"]: (Path(r["run_dir"]) / "status.json").read_bytes() for r in rows}
-    code, _, err = run_cli(
-        capsys,
-        "compare",
-        "--methods",
-        "cacr,infonce",
-        "--seeds",
-        "2",
-        *TINY,
-        "--imbalance",
-        "linear",
-        "--out",
-        str(out_dir),
-    )
+    code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert {p: (Path(p) / "status.json").read_bytes() for p in status} == status
 
