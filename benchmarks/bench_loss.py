@@ -56,13 +56,16 @@ def sync(device: str) -> None:
 
 def contenders(V: int, B: int, D: int, device: str):
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(V, B, D, device=device, generator=g, requires_grad=True)
+    # An L2-normalised leaf: the timings are the losses' own forward + backward; normalising
+    # is the encoder head's work (and costs every contender the same).
+    z = F.normalize(torch.randn(V, B, D, device=device, generator=g), dim=-1)
+    z.requires_grad_(True)
     flat = torch.randn(V * B, D, device=device, generator=g)
 
     def fwd_bwd(fn):
         def run():
-            x.grad = None
-            fn(F.normalize(x, dim=-1)).backward()
+            z.grad = None
+            fn(z).backward()
 
         return run
 

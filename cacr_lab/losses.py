@@ -181,6 +181,16 @@ def pair_indices(V: int, device: torch.device | str | None = None) -> tuple[Tens
     return iu[0], iu[1]
 
 
+def _pair_views(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(P, B, D) each: the first and the second view of every pair v < w, combinations order.
+
+    index_select rather than z[vi]: the backward of advanced indexing is an accumulating
+    index_put, several times slower here than index_select's index_add.
+    """
+    vi, wi = pair_indices(z.shape[0], z.device)
+    return z.index_select(0, vi), z.index_select(0, wi)
+
+
 def _off_diagonal(x: Tensor) -> Tensor:
     """(..., n, n) -> (..., n, n-1): row i keeps the columns j != i, in order."""
     n = x.shape[-1]
@@ -209,7 +219,6 @@ def _softmax_weights(logits: Tensor, weighted: bool, detach: bool) -> Tensor:
 
 def _repulsion_generic(
     z: Tensor,
-    pos_d2: Tensor,
     tau_neg: float,
     beta: float,
     weighted: bool,
@@ -230,10 +239,12 @@ def _repulsion_generic(
         d2_full = (2.0 - 2.0 * flat @ flat.T).view(V, B, V, B).permute(0, 2, 1, 3)  # (V, V', B, B)
         # Drop j == i in every view pair, then line up all other images of all views per query.
         neg_d2 = _off_diagonal(d2_full).permute(0, 2, 1, 3).reshape(V, B, V * (B - 1))
-        d2_pos_q = pos_d2.mean(-1)  # (V, B): the query's mean positive distance
+        # The query's mean positive distance: same image (the B-diagonal), other views.
+        d2_same = torch.diagonal(d2_full, dim1=-2, dim2=-1).permute(2, 0, 1)  # (B, V, V)
+        d2_pos_q = _off_diagonal(d2_same).mean(-1).T  # (V, B)
     else:
-        vi, wi = pair_indices(V, z.device)
-        d2_pairs = 2.0 - 2.0 * torch.bmm(z[vi], z[wi].transpose(1, 2))  # (P, B, B) cross-view
+        zv, zw = _pair_views(z)
+        d2_pairs = 2.0 - 2.0 * torch.bmm(zv, zw.transpose(1, 2))  # (P, B, B) cross-view
         neg_d2 = _off_diagonal(d2_pairs)  # (P, B, B-1): diagonal (the positive) removed
         d2_pos_q = torch.diagonal(d2_pairs, dim1=-2, dim2=-1)  # (P, B): the pair's positive
     pi_neg = _softmax_weights(-tau_neg * neg_d2, weighted, detach)
@@ -249,10 +260,69 @@ def _repulsion_generic(
     return repulsion, pi_neg, neg_d2
 
 
-def _off_diagonal_copy(x: Tensor) -> Tensor:
-    """_off_diagonal that never aliases x (for B = 2 the reshape can return a view)."""
-    y = _off_diagonal(x)
-    return y.clone() if y._is_view() else y
+def _off_diagonal_rows(x: Tensor) -> Tensor:
+    """(..., n, n) -> (..., n-1, n) strided view of the n(n-1) entries j != i, in row order.
+
+    The same elements, in the same order, as the contiguous (..., n, n-1) off-diagonal layout,
+    so elementwise ops can read from or write into a full (n, n) buffer without a gather.
+    """
+    n = x.shape[-1]
+    return x.flatten(-2)[..., 1:].unflatten(-1, (n - 1, n + 1))[..., :-1]
+
+
+class _Attraction(torch.autograd.Function):
+    """Contrastive attraction, with a closed-form backward.
+
+    For query i of view v and its K positives (the same image in the other views w), with
+    d_k = 2 - 2 z_vi . z_wi, pi_k = softmax_k(tau d_k) (or 1/K unweighted), A_vi = sum_k pi_k d_k:
+
+        attraction = alpha * mean over (v, i) of A_vi
+        dA_vi / dd_k = pi_k (1 + tau (d_k - A_vi))    (attached weights)
+        dA_vi / dd_k = pi_k                            (detached or uniform weights)
+
+    One batched (B, V, V) same-image Gram forward and one batched matmul backward, instead of
+    the dozen small autograd nodes of the plain form (which cost more than the arithmetic).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, tau: float, alpha: float, weighted: bool, detach: bool):  # type: ignore[override]
+        V, B, _ = z.shape
+        zt = z.transpose(0, 1)  # (B, V, D)
+        d = _off_diagonal(torch.bmm(zt, zt.transpose(1, 2)).mul_(-2.0).add_(2.0))  # (B, V, K)
+        pi = _softmax_weights(tau * d, weighted, detach=False)
+        a = (pi * d).sum(-1)  # (B, V): A_vi
+        ctx.tau, ctx.alpha, ctx.attached = tau, alpha, weighted and not detach
+        ctx.save_for_backward(z, pi, d, a)
+        pi_out, d_out = pi.permute(1, 0, 2), d.permute(1, 0, 2)  # (V, B, K)
+        ctx.mark_non_differentiable(pi_out, d_out)
+        ctx.set_materialize_grads(False)
+        return alpha * a.mean(), pi_out, d_out
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor | None, _gw: Tensor | None, _gd: Tensor | None):  # type: ignore[override]
+        z, pi, d, a = ctx.saved_tensors
+        if grad_a is None:
+            return None, None, None, None, None
+        V, B, _ = z.shape
+        c = pi * (ctx.alpha / (V * B))  # dAttraction / dd, (B, V, K)
+        if ctx.attached:
+            c = c * (1.0 + ctx.tau * (d - a.unsqueeze(-1)))
+        full = z.new_zeros(B, V, V)  # the same in the (B, V, V) layout, zero diagonal
+        _off_diagonal_rows(full).copy_(c.reshape(B, V - 1, V))
+        # d(v, w) and d(w, v) are one distance, so each positive pair pulls both ways; the
+        # chain-rule factors go on these (B, V, V) coefficients, not on the (V, B, D) gradient.
+        full = (full + full.transpose(1, 2)).mul_(-2.0 * grad_a)
+        grad = torch.bmm(full, z.transpose(0, 1)).transpose(0, 1)  # (V, B, D)
+        return grad, None, None, None, None
+
+
+def _exp_is_safe(tau: float, dtype: torch.dtype) -> bool:
+    """Whether exp(2 tau G), |G| <= 1, stays far inside the normal range of ``dtype``.
+
+    Then softmax needs no max-subtraction pass: its values lie in [e^-2tau, e^2tau], and a row
+    sum of up to 1e9 of them cannot overflow (fp32: tau <= ~19; fp64: tau <= ~177).
+    """
+    return 2.0 * tau <= 0.45 * -math.log(torch.finfo(dtype).tiny)
 
 
 class _CrossViewRepulsion(torch.autograd.Function):
@@ -262,69 +332,77 @@ class _CrossViewRepulsion(torch.autograd.Function):
     d_ij = 2 - 2 G_ij, pi_ij = softmax_{j != i}(-tau d_ij) and E_i = sum_j pi_ij d_ij:
 
         R = -beta * mean over (pairs, i) of E_i
-        dE_i / dd_ij = pi_ij (1 - tau (d_ij - E_i))      (attached weights)
-        dE_i / dd_ij = pi_ij                              (detached weights)
+        dR / dG_ij = 2 beta / (P B) * pi_ij (1 + tau (E_i - d_ij))    (attached weights)
+        dR / dG_ij = 2 beta / (P B) * pi_ij                            (detached weights)
 
-    Autograd through the same expression keeps ~6 (P, B, B) tensors alive and makes ~20 passes
-    over them; here the softmax runs in place in the Gram buffer, which is the only (P, B, B)
-    tensor kept for the backward (the Gram matrix is recomputed there, one matmul per view).
+    Written for few passes over the (P, B, B) block, since those, not the matmuls, dominated the
+    plain autograd form (~20 passes, ~6 such tensors alive):
+      - forward: one batched matmul into a buffer holding G' = 2 tau G; the outputs
+        d2 = 2 - G'/tau and pi are written straight from its off-diagonal entries, with
+        softmax(-tau d) = exp(G') / sum and no max-subtraction when that cannot overflow
+        (``_exp_is_safe``).
+      - backward: dR/dG = pi (c_i + scale G') is written over G' in two passes, its diagonal
+        (the positive) zeroed, then two batched matmuls. A second backward through a retained
+        graph (gradcheck) finds G' spent and recomputes it.
     ``tests/test_losses.py`` checks values and gradients against the loop reference and
-    gradcheck.
+    gradcheck; ``benchmarks/bench_loss.py`` times it against the Gram-matmul floor.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, tau: float, beta: float, detach: bool):  # type: ignore[override]
         V, B, D = z.shape
         P = V * (V - 1) // 2
-        g = z.new_empty(P, B, B)  # cross-view Gram of every pair, in combinations order
-        start = 0
-        for v in range(V - 1):  # view v against all later views in one batched matmul
-            n = V - 1 - v
-            torch.matmul(z[v], z[v + 1 :].transpose(1, 2), out=g[start : start + n])
-            start += n
-        # (P, B, B-1): j == i (the positive) removed.
-        d2 = _off_diagonal_copy(g).mul_(-2.0).add_(2.0)
-        # In-place softmax of -tau d2 = 2 tau G - 2 tau over j != i (the constant cancels).
-        g.mul_(2.0 * tau).diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-        g.sub_(g.amax(-1, keepdim=True)).exp_()
-        g.div_(g.sum(-1, keepdim=True))
-        pi = _off_diagonal_copy(g)  # (P, B, B-1)
-        e = (pi.unsqueeze(-2) @ d2.unsqueeze(-1)).view(P, B)  # E_i without a (P, B, B-1) temp
-        ctx.tau, ctx.detach, ctx.scale = tau, detach, 2.0 * beta / (P * B)
-        # g now holds the weights in the full (P, B, B) layout, zero on the diagonal: the
-        # backward works in that layout and recomputes the Gram matrix instead of keeping it.
-        ctx.save_for_backward(z, g, e)
+        zv, zw = _pair_views(z)  # (P, B, D): one batched matmul over all pairs
+        g = _scaled_cross_gram(zv, zw, tau, z.new_empty(P, B, B))  # G', combinations order
+        off = _off_diagonal_rows(g)  # j == i (the positive) left out
+        d2 = torch.add(z.new_full((), 2.0), off, alpha=-1.0 / tau).view(P, B, B - 1)  # 2 - 2G
+        if _exp_is_safe(tau, z.dtype):
+            pi = torch.exp(off).view(P, B, B - 1)
+        else:  # large tau: shift by the row's nearest negative (softmax is shift-invariant)
+            pi = d2.amin(-1, keepdim=True).sub(d2).mul_(tau).exp_()
+        pi.div_(pi.sum(-1, keepdim=True))
+        e = torch.linalg.vecdot(pi, d2)  # (P, B): E_i = sum_j pi_ij d_ij
+        ctx.V, ctx.tau, ctx.detach, ctx.scale = V, tau, detach, 2.0 * beta / (P * B)
+        ctx.gram = g  # not saved_tensors: the backward overwrites it (see ctx.gram_spent)
+        ctx.gram_spent = False
+        ctx.save_for_backward(zv, zw, pi, e)
         ctx.mark_non_differentiable(pi, d2)
+        ctx.set_materialize_grads(False)  # no zero (P, B, B-1) grads for pi and d2
         return -beta * e.sum() / (P * B), pi, d2
 
     @staticmethod
-    def backward(ctx, grad_r: Tensor, _gw: Tensor, _gd: Tensor):  # type: ignore[override]
-        z, w, e = ctx.saved_tensors
-        V, B, D = z.shape
-        # dR/dG_ij = 2 beta / (P B) * pi_ij * (1 - tau (d_ij - E_i)),  d_ij = 2 - 2 G_ij
-        #          = scale * pi_ij * (a_i + 2 tau G_ij),  a_i = 1 - 2 tau + tau E_i
-        # [detached weights: scale * pi_ij]. pi_ii = 0 keeps the positive out.
-        scale = ctx.scale * grad_r
-        if ctx.detach:
-            dg = w * scale
-        else:
-            dg = torch.empty_like(w)
-            start = 0
-            for v in range(V - 1):  # recompute G block by block, straight into dg
-                n = V - 1 - v
-                torch.matmul(z[v], z[v + 1 :].transpose(1, 2), out=dg[start : start + n])
-                start += n
-            a = (1.0 - 2.0 * ctx.tau + ctx.tau * e).unsqueeze(-1) * scale  # (P, B, 1)
-            dg.mul_(2.0 * ctx.tau * scale).add_(a).mul_(w)
-        grad = torch.zeros_like(z)
-        start = 0
-        for v in range(V - 1):
-            n = V - 1 - v
-            blk = dg[start : start + n]  # (n, B, B): view v against views v+1..V-1
-            grad[v] += torch.bmm(blk, z[v + 1 :]).sum(0)
-            grad[v + 1 :] += torch.matmul(blk.transpose(1, 2), z[v])
-            start += n
-        return grad, None, None, None
+    def backward(ctx, grad_r: Tensor | None, _gw: Tensor | None, _gd: Tensor | None):  # type: ignore[override]
+        zv, zw, pi, e = ctx.saved_tensors
+        if grad_r is None:
+            return None, None, None, None
+        V, tau, scale = ctx.V, ctx.tau, ctx.scale
+        dg = ctx.gram
+        if ctx.gram_spent:  # a retained graph's second backward
+            _scaled_cross_gram(zv, zw, tau, dg)
+        ctx.gram_spent = True
+        off = _off_diagonal_rows(dg)
+        rows = off.shape  # (P, B-1, B): pi's layout seen like dg's off-diagonal view
+        if ctx.detach:  # dR/dG = scale pi
+            torch.mul(pi.view(rows), scale, out=off)
+        else:  # dR/dG = scale pi (1 + tau (E - d)) = pi (c + scale G'), c per query (a row)
+            c = ((1.0 - 2.0 * tau + tau * e) * scale).unsqueeze(-1)
+            torch.add(c, dg, alpha=scale, out=dg)
+            off.mul_(pi.view(rows))
+        dg.diagonal(dim1=-2, dim2=-1).zero_()  # the positive is no negative
+        # dR/dz_v += dR/dG_vw z_w and dR/dz_w += dR/dG_vw^T z_v, summed over the pairs.
+        vi, wi = pair_indices(V, dg.device)
+        grad = zv.new_zeros(V, *zv.shape[1:])
+        grad.index_add_(0, vi, torch.bmm(dg, zw))
+        grad.index_add_(0, wi, torch.bmm(dg.transpose(1, 2), zv))
+        return grad.mul_(grad_r), None, None, None
+
+
+def _scaled_cross_gram(zv: Tensor, zw: Tensor, tau: float, out: Tensor) -> Tensor:
+    """out (P, B, B) <- 2 tau zv zw^T, zv/zw (P, B, D) the pairs' views (``_pair_views``).
+
+    The scale rides on the small operand, and one bmm over all P pairs runs faster than one
+    matmul per view (bigger batches for the BLAS)."""
+    return torch.bmm(zv * (2.0 * tau), zw.transpose(1, 2), out=out)
 
 
 def cacr_loss(
@@ -419,26 +497,21 @@ def cacr_loss(
 
     with _no_autocast(z.device):
         # --- contrastive attraction: each view is the query, the other K views its positives.
-        g_pos = torch.einsum("vbd,wbd->bvw", z, z)  # (B, V, V) same-image Gram
-        pos_d2_all = 2.0 - 2.0 * g_pos
-        pos_d2 = _off_diagonal(pos_d2_all).permute(1, 0, 2)  # (V, B, K)
-        pi_pos = _softmax_weights(tau_pos * pos_d2, weight_pos, detach)
-        attraction = alpha * (pi_pos * pos_d2).sum(-1).mean()
+        attraction, pi_pos, pos_d2 = _Attraction.apply(z, tau_pos, alpha, weight_pos, detach)
 
         # --- contrastive repulsion.
         if cost == "euclidean" and weight_neg and not symmetric:
             # The default (reference) pairing: fused, with a closed-form backward.
             repulsion, pi_neg, neg_d2 = _CrossViewRepulsion.apply(z, tau_neg, beta, detach)
             if debiased_tau_plus is not None:
-                vi, wi = pair_indices(V, z.device)
-                d2_pos_pairs = pos_d2_all[:, vi, wi]  # (B, P): each pair's positive distance
+                zv, zw = _pair_views(z)
+                d2_pos_pairs = 2.0 - 2.0 * (zv * zw).sum(-1)  # (P, B): each pair's positive
                 repulsion = (repulsion + debiased_tau_plus * beta * d2_pos_pairs.mean()) / (
                     1.0 - debiased_tau_plus
                 )
         else:
             repulsion, pi_neg, neg_d2 = _repulsion_generic(
                 z,
-                pos_d2,
                 tau_neg,
                 beta,
                 weight_neg,
@@ -473,19 +546,30 @@ def _pair_logits(z: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor,
     distances; and ``n_neg`` = 2B - 2.
     """
     V, B, _ = z.shape
-    vi, wi = pair_indices(V, z.device)
-    zz = torch.cat([z[vi], z[wi]], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
+    zv, zw = _pair_views(z)
+    zz = torch.cat([zv, zw], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
     sim = torch.bmm(zz, zz.transpose(1, 2))  # (P, 2B, 2B)
-    n = 2 * B
-    idx = torch.arange(n, device=z.device)
-    partner = (idx + B) % n  # the positive of row r is the other view of the same image
-    pos = sim[:, idx, partner] / temperature  # (P, 2B)
-    # Negatives: drop self and partner; a fixed boolean mask keeps the column order.
-    keep = torch.ones(n, n, dtype=torch.bool, device=z.device)
-    keep[idx, idx] = False
-    keep[idx, partner] = False
-    neg_sim = sim[:, keep].view(sim.shape[0], n, n - 2)
-    return pos, neg_sim / temperature, 2.0 - 2.0 * neg_sim, n - 2
+    neg_sim, pos_sim = _negatives(sim, B)
+    return pos_sim / temperature, neg_sim / temperature, 2.0 - 2.0 * neg_sim, 2 * B - 2
+
+
+def _negatives(sim: Tensor, B: int) -> tuple[Tensor, Tensor]:
+    """(P, 2B, 2B) pair scores -> the negatives' (P, 2B, 2B-2), column order kept, and the
+    positives' (P, 2B). Row r's positive is the other view of the same image, (r + B) mod 2B.
+
+    In the 2 x 2 blocks of B x B (view v / view w), row i of either half drops column i of each
+    block (itself, its partner): the off-diagonals of two blocks side by side, no gather.
+    """
+    vv, vw, wv, ww = sim[:, :B, :B], sim[:, :B, B:], sim[:, B:, :B], sim[:, B:, B:]
+    neg = torch.cat(
+        [
+            torch.cat([_off_diagonal(vv), _off_diagonal(vw)], dim=-1),
+            torch.cat([_off_diagonal(wv), _off_diagonal(ww)], dim=-1),
+        ],
+        dim=1,
+    )
+    pos = torch.cat([vw.diagonal(dim1=-2, dim2=-1), wv.diagonal(dim1=-2, dim2=-1)], dim=-1)
+    return neg, pos
 
 
 def info_nce_loss(
@@ -516,12 +600,22 @@ def info_nce_loss(
     """
     _check_positive(temperature=temperature)
     z = _check_views(views, check_inputs)
+    V, B, _ = z.shape
     with _no_autocast(z.device):
-        pos, neg, neg_d2, _ = _pair_logits(z, temperature)
-        lse = torch.logsumexp(torch.cat([pos.unsqueeze(-1), neg], dim=-1), dim=-1)  # (P, 2B)
+        zv, zw = _pair_views(z)
+        zz = torch.cat([zv, zw], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
+        logits = torch.bmm(zz, zz.transpose(1, 2)).div_(temperature)  # (P, 2B, 2B)
+        # The log-sum-exp runs over every j != q (the positive and the 2B - 2 negatives): mask
+        # the query itself instead of gathering the negatives (a gather's backward is slow).
+        logits.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        s_pos = (zv * zw).sum(-1) / temperature  # (P, B): s+/T, the same both ways
+        pos = torch.cat([s_pos, s_pos], dim=-1)  # (P, 2B)
         attraction = -pos.mean()
-        repulsion = lse.mean()
-        neg_w = torch.softmax(neg, dim=-1)
+        repulsion = torch.logsumexp(logits, dim=-1).mean()
+        with torch.no_grad():  # the implicit weights, for figures only
+            neg, _ = _negatives(logits.detach(), B)
+            neg_w = torch.softmax(neg, dim=-1)
+            neg_d2 = 2.0 - 2.0 * temperature * neg
     return LossOutput(
         loss=attraction + repulsion,
         attraction=attraction,
@@ -700,8 +794,8 @@ def align_uniform_loss(
     z = _check_views(views, check_inputs)
     V, B, _ = z.shape
     with _no_autocast(z.device):
-        vi, wi = pair_indices(V, z.device)
-        d2_pos = (2.0 - 2.0 * (z[vi] * z[wi]).sum(-1)).clamp_min(0)  # (P, B)
+        zv, zw = _pair_views(z)
+        d2_pos = (2.0 - 2.0 * (zv * zw).sum(-1)).clamp_min(0)  # (P, B)
         # alpha = 2 needs no root; other exponents go through the distance itself.
         align = d2_pos.mean() if align_alpha == 2.0 else d2_pos.pow(align_alpha / 2).mean()
         g = torch.bmm(z, z.transpose(1, 2))  # (V, B, B) within-view Gram

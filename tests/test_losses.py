@@ -184,6 +184,36 @@ def test_cacr_variants_match_loop_reference(shape, options):
     torch.testing.assert_close(out.loss, ca + cr, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("tau_neg", [5.0, 30.0, 200.0])
+def test_fused_repulsion_both_sides_of_the_unshifted_exp_threshold(tau_neg):
+    """The fused path skips the max-subtraction of the softmax while exp(2 tau G) cannot
+    overflow (fp32 tau <~ 19, fp64 tau <~ 159) and shifts otherwise: values and gradients of
+    both branches against the loop reference (fp64), and fp32 against fp64."""
+    x = torch.randn(4, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = cacr_loss(F.normalize(x1, dim=-1), 1.0, tau_neg)
+    ca, cr = ref_cacr(F.normalize(x2, dim=-1), 1.0, tau_neg, 1.0, 1.0, "full")
+    torch.testing.assert_close(out.repulsion, cr, rtol=0, atol=1e-10)
+    out.loss.backward()
+    (ca + cr).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-9)
+    out32 = cacr_loss(F.normalize(x.float(), dim=-1), 1.0, tau_neg)
+    torch.testing.assert_close(out32.loss.double(), out.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out32.neg_weights.double(), out.neg_weights, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("weight_grad", ["attached", "detached"])
+def test_backward_twice_through_a_retained_graph(weight_grad):
+    """The fused backward reuses its Gram buffer; a second backward must recompute, not read
+    the spent buffer."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x.requires_grad_(True)
+    loss = cacr_loss(F.normalize(x, dim=-1), 1.0, 0.9, weight_grad=weight_grad).loss
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+
+
 def test_cacr_weight_tensors_follow_documented_layout():
     V, B = 4, 5
     z = unit(V, B, 6, seed=3)
