@@ -548,10 +548,33 @@ def run_panels(run: runs.Run) -> None:
     umap_panel(umap_slot, run, snap, f"umap_{k}")  # last: it may take a moment
 
 
+def what_to_watch() -> None:
+    """The theory picture to read the live panels by, shown while there is no run to watch.
+
+    Drawn on the first page also so that the browser has plotly.js loaded and compiled before
+    Start: loading it with the first live chart, on a CPU busy training, delayed that chart by
+    seconds."""
+    st.markdown(
+        "**What to watch for.** CACR weights each negative by how close it is: "
+        "n · pi_neg = n · softmax(−tau_neg · d²), relative to uniform (1). Small tau_neg is "
+        "nearly uniform; large tau_neg pushes hardest on the nearest negatives. InfoNCE "
+        "weights its negatives the same way with tau_neg = 1 / (2T)."
+    )
+    fig = cached_figure(
+        "what_to_watch",
+        (),
+        lambda: figures.weights_vs_distance_curves(
+            np.linspace(0.0, 4.0, 200), [0.0, 0.9, 2.0], "neg", infonce_temperature=0.5
+        ),
+    )
+    st.plotly_chart(fig, key="what_to_watch", **PLOT)
+
+
 def watch_view(root: Path, found: list[runs.Run]) -> None:
     names = [r.name for r in reversed(found)]
     options = [*pending(root, set(names)), *names]
     if not options:
+        what_to_watch()
         return
     if st.session_state.watch not in options:
         st.session_state.watch = options[0]

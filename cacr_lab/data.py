@@ -28,13 +28,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # imported where used: importing torchvision pulls in torch._dynamo (~1.5 s
+    # on a 2-core CPU), which the batched digits/toy path never needs, and a trainer started
+    # from the dashboard should show its first snapshot within seconds.
+    from torchvision.transforms import v2
 
 __all__ = [
     "DATASETS",
@@ -330,6 +335,8 @@ def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side of ``(C, H, W) uint8`` to ``size``, then centre-crop a square."""
     if image.shape[-2:] == (size, size):
         return image
+    from torchvision.transforms import v2
+
     image = v2.functional.resize(image, [size], antialias=True)
     return v2.functional.center_crop(image, [size, size])
 
@@ -462,6 +469,8 @@ def view_transform(
     RandomAffine(10 deg, translate 0.1, scale 0.9-1.1) + Gaussian noise (std 0.05) + normalise,
     no flips. Toy: Gaussian jitter (std 0.1) re-normalised onto the sphere, on ``(D,)`` points.
     """
+    from torchvision.transforms import v2
+
     family = _family(dataset_name)
     if family == "toy":
         return v2.Compose([SphereJitter(_TOY_SIGMA)])
@@ -501,6 +510,8 @@ def center_view(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """
     if images.shape[-2:] == (image_size, image_size):
         return images
+    from torchvision.transforms import v2
+
     images = v2.functional.resize(images, [round(image_size * _EVAL_RESIZE)], antialias=True)
     return v2.functional.center_crop(images, [image_size, image_size])
 
@@ -514,6 +525,8 @@ def probe_transforms(
     (digits: the view affine without noise, no flip); test: `center_view`. Both take ``uint8
     (C, H, W)`` and return normalised ``float32 (C, S, S)``; for ``toy`` both are the identity.
     """
+    from torchvision.transforms import v2
+
     family = _family(dataset_name)
     if family == "toy":
         return v2.Compose([nn.Identity()]), v2.Compose([nn.Identity()])

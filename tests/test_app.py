@@ -93,7 +93,9 @@ def test_page_renders_with_no_runs(tmp_path, monkeypatch):
     at.selectbox(key="method").select("infonce").run()
     by_label = {n.label: n.value for n in at.sidebar.number_input}
     assert by_label["temperature"] == 0.5 and "tau_neg" not in by_label
-    assert not at.get("plotly_chart")
+    # the only chart is the theory picture to read the live panels by
+    assert list(charts(at)) == ["Conditional weight of a negative against its squared distance"]
+    assert "infonce T=0.5 (implicit)" in trace_names(chart(at, "Conditional weight"))
     assert at.session_state.live is False
 
 
@@ -115,7 +117,9 @@ def test_finished_run_shows_every_panel(finished_run, monkeypatch):
     # 2. weights: histograms of pi_pos and pi_neg, sharpening over time, weight vs distance
     hist = chart(at, "Conditional weights at step 4")
     assert trace_names(hist) == ["pi_pos", "pi_neg"]
-    assert len(values(hist["data"][1]["x"])) == 64 * 63  # Q queries x (B - 1) negatives
+    # binned on the server: 40 bars per side, fractions of all the weights summing to 1
+    assert [len(values(d["x"])) for d in hist["data"]] == [40, 40]
+    assert all(np.isclose(values(d["y"]).sum(), 1.0) for d in hist["data"])
     stats = trace_names(chart(at, "Concentration of the conditional weights"))
     assert "cacr · cacr-digits · pi_pos" in stats and "cacr · cacr-digits · pi_neg" in stats
     assert "query 0" in trace_names(chart(at, "Weight against squared distance"))

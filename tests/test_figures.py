@@ -190,10 +190,22 @@ def test_a_run_without_records_gives_an_annotated_empty_figure(tmp_path):
 def test_weight_histograms_show_weights_times_set_size(snapshot):
     fig = weight_histograms(snapshot)
     assert _names(fig) == ["pi_pos", "pi_neg"]
-    np.testing.assert_allclose(fig.data[0].x, (snapshot.pos_weights * K).ravel(), rtol=1e-6)
-    np.testing.assert_allclose(fig.data[1].x, (snapshot.neg_weights * N).ravel(), rtol=1e-6)
-    # × set size: the mean over a query's set is exactly 1 (uniform)
-    np.testing.assert_allclose(np.mean(fig.data[1].x), 1.0, rtol=1e-5)
+    for trace, w, size in (
+        (fig.data[0], snapshot.pos_weights, K),
+        (fig.data[1], snapshot.neg_weights, N),
+    ):
+        values = (w * size).ravel()
+        x, y, width = np.asarray(trace.x), np.asarray(trace.y), np.asarray(trace.width)
+        assert len(x) == 40 and np.isclose(y.sum(), 1.0)
+        # every weight counted in the bin that holds it
+        for v in values[:: max(1, len(values) // 50)]:
+            hit = np.flatnonzero(np.abs(v - x) <= width / 2 + 1e-9)
+            assert len(hit) >= 1 and y[hit].max() > 0
+        assert x[0] - width[0] / 2 == pytest.approx(values.min())
+        assert x[-1] + width[-1] / 2 == pytest.approx(values.max())
+        # × set size: the mean over a query's set is exactly 1 (uniform), so the histogram's
+        # mean is 1 up to half a bin
+        assert abs((x * y).sum() - 1.0) <= width[0] / 2
     assert "1 = uniform" in fig.layout.xaxis.title.text
     assert "step 20" in fig.layout.title.text
 
