@@ -317,8 +317,11 @@ def compare(
     rows, runs = [], []
     for method, seed, config in configs:  # all validated before the first run starts
         run_dir = out / "runs" / f"{method}-seed{seed}"
-        if args.overwrite or not _finished_with(run_dir, config):
-            train(config, run_dir, overwrite=args.overwrite, progress=progress)
+        # Reuses a finished run of the same config: an interrupted compare picks up where it
+        # stopped.
+        train(
+            config, run_dir, overwrite=args.overwrite, reuse=not args.overwrite, progress=progress
+        )
         run = load_run(run_dir)
         runs.append(run)
         final = run.eval_records()[-1]
@@ -344,18 +347,6 @@ def compare(
     )
     figures.per_class_bars(runs).write_html(out / "per_class.html", include_plotlyjs="cdn")
     return out
-
-
-def _finished_with(run_dir: Path, config: Any) -> bool:
-    """True when ``run_dir`` holds a finished run of exactly ``config`` (compare reuses it,
-    so an interrupted compare picks up where it stopped)."""
-    from cacr_lab.runs import load_run
-
-    if not (run_dir / "config.json").is_file():
-        return False
-    run = load_run(run_dir)
-    stored = {k: run.config.get(k) for k in config.to_dict()}
-    return run.status.get("state") == "finished" and stored == config.to_dict()
 
 
 def _mean_std(xs: list[float]) -> str:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import json
 import math
 import os
 import signal
@@ -60,7 +62,7 @@ from cacr_lab.evaluate import (
 )
 from cacr_lab.losses import LOSSES, LossOutput, loss_options
 from cacr_lab.models import ENCODERS, build_encoder, default_encoder
-from cacr_lab.runs import RunWriter, checkpoint_path, last_checkpoint
+from cacr_lab.runs import CONFIG_FILE, RunWriter, checkpoint_path, last_checkpoint, load_run
 
 IMBALANCE_PROFILES = (None, "linear", "exponential")
 SCHEDULES = ("step", "cosine")
@@ -410,12 +412,6 @@ class Trainer:
             self.forward_model = nn.parallel.DistributedDataParallel(
                 self.forward_model, device_ids=ids
             )
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=lr_at_epoch(config, 0),
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
         self.loss_fn = LOSSES[config.method]
         self.loss_kwargs = config.resolved_loss_options()
         self.amp = config.amp and self.device.type == "cuda"
@@ -452,6 +448,18 @@ class Trainer:
             self._load_checkpoint()
         self._stop = False
         self.last_finite: dict[str, float] = {}
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """SGD, made on first use: a torch optimiser's first call imports torch._dynamo (~1.5 s
+        on a 2-core CPU), and the step-0 snapshot need not wait for it (the dashboard shows it
+        as the first picture of a run)."""
+        return torch.optim.SGD(
+            self.model.parameters(),
+            lr=lr_at_epoch(self.config, 0),
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+        )
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -773,13 +781,17 @@ def train(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    reuse: bool = False,
     progress: bool = True,
 ) -> Path:
     """Pre-train an encoder as ``config`` says and write the run directory; returns its path.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint (the config stored
     there wins over ``config``'s values except ``epochs`` and ``max_steps``, so a finished run
-    can be extended).
+    can be extended). ``reuse=True`` returns ``run_dir`` untouched when it already holds a
+    finished run of exactly ``config`` (:func:`finished_with`), so notebooks and
+    ``cacr-lab compare`` can be re-run cheaply; otherwise it trains (an existing run is then
+    replaced only with ``overwrite=True``).
 
     >>> import tempfile
     >>> cfg = TrainConfig(dataset="digits", epochs=1, batch_size=64, max_steps=2)
@@ -788,6 +800,8 @@ def train(
     >>> load_run(path).status["state"]
     'finished'
     """
+    if reuse and not resume and finished_with(run_dir, config):
+        return Path(run_dir)
     if resume:
         stored = load_checkpoint_config(run_dir)
         if stored is not None:
@@ -795,6 +809,24 @@ def train(
                 stored | {"epochs": config.epochs, "max_steps": config.max_steps}
             )
     return Trainer(config, run_dir, overwrite=overwrite, resume=resume, progress=progress).run()
+
+
+def finished_with(run_dir: str | Path, config: TrainConfig) -> bool:
+    """True when ``run_dir`` holds a finished run trained with exactly ``config``.
+
+    Compares every field of ``config.to_dict()`` with the run's ``config.json`` after the same
+    JSON round trip (tuples come back as lists); a missing or unreadable run is not finished.
+    """
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
+        return False
+    try:
+        run = load_run(run_dir)
+    except ValueError:
+        return False
+    wanted = json.loads(json.dumps(config.to_dict()))
+    return run.status.get("state") == "finished" and all(
+        run.config.get(k) == v for k, v in wanted.items()
+    )
 
 
 def load_checkpoint_config(run_dir: str | Path) -> dict[str, Any] | None:

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from cacr_lab.runs import last_checkpoint, latest_snapshot, list_snapshots, load_run
-from cacr_lab.train import NonFiniteLossError, TrainConfig, Trainer, lr_at_epoch, train
+from cacr_lab.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    finished_with,
+    lr_at_epoch,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +102,27 @@ def test_same_seed_same_loss_trajectory(tmp_path):
     la = [r["loss"] for r in a.train_records()]
     assert la == [r["loss"] for r in b.train_records()]
     assert la != [r["loss"] for r in c.train_records()]
+
+
+def test_reuse_returns_a_finished_run_of_the_same_config_untouched(tmp_path):
+    config = tiny(max_steps=2, loss_options={"tau_neg": 2.0})
+    path = train(config, tmp_path / "run", progress=False)
+    assert finished_with(path, config)
+    metrics = path / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns, metrics.read_bytes()
+    assert train(config, path, reuse=True, progress=False) == path
+    assert (metrics.stat().st_mtime_ns, metrics.read_bytes()) == before
+    # another config is not reused: without overwrite it refuses, with it it trains afresh
+    other = tiny(max_steps=3, loss_options={"tau_neg": 2.0})
+    assert not finished_with(path, other)
+    with pytest.raises(FileExistsError):
+        train(other, path, reuse=True, progress=False)
+    train(other, path, reuse=True, overwrite=True, progress=False)
+    assert load_run(path).status["step"] == 3
+    # an unfinished run is trained again, a folder that is no run is not "finished"
+    (path / "status.json").write_text('{"state": "stopped"}')
+    assert not finished_with(path, other)
+    assert not finished_with(tmp_path / "nothing", other)
 
 
 def _final_state(run_dir: Path) -> dict:
