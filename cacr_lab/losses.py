@@ -320,7 +320,7 @@ def _exp_is_safe(tau: float, dtype: torch.dtype) -> bool:
     """Whether exp(2 tau G), |G| <= 1, stays far inside the normal range of ``dtype``.
 
     Then softmax needs no max-subtraction pass: its values lie in [e^-2tau, e^2tau], and a row
-    sum of up to 1e9 of them cannot overflow (fp32: tau <= ~19; fp64: tau <= ~177).
+    sum of up to 1e9 of them cannot overflow (fp32: tau <= ~19; fp64: tau <= ~159).
     """
     return 2.0 * tau <= 0.45 * -math.log(torch.finfo(dtype).tiny)
 
