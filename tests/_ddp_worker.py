@@ -17,8 +17,14 @@ def main() -> None:
     from cacr_lab.train import TrainConfig, Trainer
 
     out, run_dir, *rank_files = sys.argv[1:]
-    config = TrainConfig(dataset="toy", batch_size=16, positives=2, max_steps=1, device="cpu",
-                         loss_options={"tau_pos": 2.0, "tau_neg": 3.0})
+    config = TrainConfig(
+        dataset="toy",
+        batch_size=16,
+        positives=2,
+        max_steps=1,
+        device="cpu",
+        loss_options={"tau_pos": 2.0, "tau_neg": 3.0},
+    )
     trainer = Trainer(config, run_dir, progress=False)
     if rank_files:  # the one-process reference on the ranks' global batch
         views = torch.cat([torch.load(f)["views"] for f in rank_files], dim=1)

@@ -24,13 +24,19 @@ def _free_port() -> int:
 
 def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
     port = _free_port()
-    env = os.environ | {"PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(tmp_path / f"rank{r}.pt"), str(tmp_path / "ddp")],
             env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for r in range(2)
     ]
@@ -39,8 +45,12 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         assert p.returncode == 0, err
     single_env = {k: v for k, v in env.items() if k not in ("WORLD_SIZE", "MASTER_PORT")}
     ranks = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
-    subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.pt"),
-                    str(tmp_path / "one"), *ranks], env=single_env, check=True, timeout=240)
+    subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "one.pt"), str(tmp_path / "one"), *ranks],
+        env=single_env,
+        check=True,
+        timeout=240,
+    )
 
     one = torch.load(tmp_path / "one.pt")
     r0, r1 = (torch.load(f) for f in ranks)
@@ -58,9 +68,29 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
 def test_torchrun_trains_and_rank0_writes_one_run(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     run_dir = tmp_path / "run"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cacr_lab", "train",
-           "--dataset", "toy", "--device", "cpu", "--batch-size", "32", "--epochs", "1",
-           "--max-steps", "3", "--log-every", "1", "--run-dir", str(run_dir), "--no-progress"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cacr_lab",
+        "train",
+        "--dataset",
+        "toy",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

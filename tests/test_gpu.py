@@ -63,8 +63,15 @@ def test_short_cuda_training_with_amp(tmp_path):
     from cacr_lab.runs import load_run
     from cacr_lab.train import TrainConfig, train
 
-    cfg = TrainConfig(dataset="digits", device="cuda", epochs=1, batch_size=128, max_steps=5,
-                      log_every=1, view_batching="joint")
+    cfg = TrainConfig(
+        dataset="digits",
+        device="cuda",
+        epochs=1,
+        batch_size=128,
+        max_steps=5,
+        log_every=1,
+        view_batching="joint",
+    )
     run = load_run(train(cfg, tmp_path / "r", progress=False))
     assert run.status["state"] == "finished"
     assert run.config["device_resolved"].startswith("cuda")
