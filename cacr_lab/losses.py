@@ -545,12 +545,18 @@ def _pair_logits(z: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor,
     2B - 2 negatives (both views, every other image); ``neg_d2`` (P, 2B, 2B-2) their squared
     distances; and ``n_neg`` = 2B - 2.
     """
-    V, B, _ = z.shape
-    zv, zw = _pair_views(z)
-    zz = torch.cat([zv, zw], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
-    sim = torch.bmm(zz, zz.transpose(1, 2))  # (P, 2B, 2B)
+    B = z.shape[1]
+    sim, _, _ = _pair_similarities(z)
     neg_sim, pos_sim = _negatives(sim, B)
     return pos_sim / temperature, neg_sim / temperature, 2.0 - 2.0 * neg_sim, 2 * B - 2
+
+
+def _pair_similarities(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(sim, zv, zw): for every view pair, the (P, 2B, 2B) cosine similarities of its 2B rows
+    (rows 0..B-1 view v, B..2B-1 view w), and the pairs' views zv, zw (P, B, D)."""
+    zv, zw = _pair_views(z)
+    zz = torch.cat([zv, zw], dim=1)  # (P, 2B, D)
+    return torch.bmm(zz, zz.transpose(1, 2)), zv, zw
 
 
 def _negatives(sim: Tensor, B: int) -> tuple[Tensor, Tensor]:
@@ -602,9 +608,8 @@ def info_nce_loss(
     z = _check_views(views, check_inputs)
     V, B, _ = z.shape
     with _no_autocast(z.device):
-        zv, zw = _pair_views(z)
-        zz = torch.cat([zv, zw], dim=1)  # (P, 2B, D): rows 0..B-1 view v, B..2B-1 view w
-        logits = torch.bmm(zz, zz.transpose(1, 2)).div_(temperature)  # (P, 2B, 2B)
+        sim, zv, zw = _pair_similarities(z)
+        logits = sim.div_(temperature)  # (P, 2B, 2B)
         # The log-sum-exp runs over every j != q (the positive and the 2B - 2 negatives): mask
         # the query itself instead of gathering the negatives (a gather's backward is slow).
         logits.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
