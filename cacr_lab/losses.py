@@ -18,13 +18,16 @@ CACR's ``tau_pos`` / ``tau_neg`` *multiply* d2 (inverse temperatures), InfoNCE's
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "LOSSES",
@@ -50,6 +53,25 @@ COSTS = ("euclidean", "rbf")
 PART_NAMES = ("attraction", "repulsion", "alignment", "uniformity")
 
 
+class _Deferred:
+    """A ``LossOutput`` field that may also be given as a zero-argument function, called the
+    first time the field is read (its value then kept): CACR's (P, B, B-1) diagnostics."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_deferred_{name}"
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Tensor | None:
+        if obj is None:
+            return None  # the dataclass default
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj: object, value: Tensor | Callable[[], Tensor] | None) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class LossOutput:
     """What every loss returns.
@@ -64,6 +86,7 @@ class LossOutput:
       of ``itertools.combinations(range(V), 2)``: pi_neg of query i of view v over the samples
       j != i of view w (``symmetric=True``: (V, B, V(B-1)), all other images in all views). For
       InfoNCE-style losses the implicit softmax weights over negatives, (P, 2B, 2B-2).
+      CACR's default path computes them when they are first read (a training step never does).
     """
 
     loss: Tensor
@@ -73,19 +96,36 @@ class LossOutput:
     uniformity: Tensor | None = None
     pos_weights: Tensor | None = None
     pos_d2: Tensor | None = None
-    neg_weights: Tensor | None = None
-    neg_d2: Tensor | None = None
+    neg_weights: Tensor | None = _Deferred()  # type: ignore[assignment]
+    neg_d2: Tensor | None = _Deferred()  # type: ignore[assignment]
 
     def parts(self) -> dict[str, Tensor]:
         """The scalar parts that are present, detached, keyed by name."""
         return {n: getattr(self, n).detach() for n in PART_NAMES if getattr(self, n) is not None}
 
     def detach(self) -> LossOutput:
-        """A copy with every tensor detached (for logging without keeping the graph)."""
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        return LossOutput(
-            **{k: (v.detach() if isinstance(v, Tensor) else v) for k, v in kw.items()}
-        )
+        """A copy with every tensor detached (for logging without keeping the graph); fields
+        not read yet stay unread (they are detached when computed)."""
+        kw = {}
+        for f in fields(self):
+            slot = f"_deferred_{f.name}"
+            v = self.__dict__[slot] if slot in self.__dict__ else getattr(self, f.name)
+            kw[f.name] = v.detach() if isinstance(v, Tensor) else v
+        return LossOutput(**kw)
+
+
+def _first_read(fn: Callable[..., object], *args: object) -> Callable[[], object]:
+    """A zero-argument function computing fn(*args) once, without grad or autocast, when called."""
+    cache: list[object] = []
+
+    def value() -> object:
+        if not cache:
+            device = next(a.device for a in args if isinstance(a, Tensor))
+            with torch.no_grad(), _no_autocast(device):
+                cache.append(fn(*args))
+        return cache[0]
+
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,13 +222,11 @@ def pair_indices(V: int, device: torch.device | str | None = None) -> tuple[Tens
 
 
 def _pair_views(z: Tensor) -> tuple[Tensor, Tensor]:
-    """(P, B, D) each: the first and the second view of every pair v < w, combinations order.
-
-    index_select rather than z[vi]: the backward of advanced indexing is an accumulating
-    index_put, several times slower here than index_select's index_add.
-    """
-    vi, wi = pair_indices(z.shape[0], z.device)
-    return z.index_select(0, vi), z.index_select(0, wi)
+    """(P, B, D) each: the first and the second view of every pair v < w, combinations order."""
+    V, B, D = z.shape
+    P = V * (V - 1) // 2
+    both = (_pair_tables(V, z.device, z.dtype)[0] @ z.reshape(V, B * D)).view(2 * P, B, D)
+    return both[:P], both[P:]
 
 
 def _off_diagonal(x: Tensor) -> Tensor:
@@ -260,60 +298,93 @@ def _repulsion_generic(
     return repulsion, pi_neg, neg_d2
 
 
-def _off_diagonal_rows(x: Tensor) -> Tensor:
-    """(..., n, n) -> (..., n-1, n) strided view of the n(n-1) entries j != i, in row order.
+@functools.lru_cache(maxsize=32)
+def _pair_tables(V: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(select, positives) for V views, cached: shared, never to be modified.
 
-    The same elements, in the same order, as the contiguous (..., n, n-1) off-diagonal layout,
-    so elementwise ops can read from or write into a full (n, n) buffer without a gather.
+    select (2P, V): one-hot rows picking every pair's first view (rows :P) and second view
+    (rows P:), combinations order. ``select @ z`` gathers all pairs' views in one matmul and
+    ``select.T @ grads`` sums the pairs' gradients back onto the views (exact: one-hot);
+    both run at about twice the speed of index_select / index_add here.
+    positives (V, K): the pair behind query view v's k-th positive (the other views w != v,
+    increasing); the distance of (v, w) is that of (w, v), so every pair is a positive of both.
     """
-    n = x.shape[-1]
-    return x.flatten(-2)[..., 1:].unflatten(-1, (n - 1, n + 1))[..., :-1]
+    vi, wi = pair_indices(V)
+    select = torch.eye(V, dtype=dtype)[torch.cat([vi, wi])]
+    table = torch.zeros(V, V, dtype=torch.long)
+    table[vi, wi] = table[wi, vi] = torch.arange(len(vi))
+    return select.to(device), _off_diagonal(table).to(device)
 
 
-class _Attraction(torch.autograd.Function):
-    """Contrastive attraction, with a closed-form backward.
+def _attraction_parts(
+    d_pairs: Tensor, positives: Tensor, tau: float, weighted: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """From the pairs' positive distances d_pairs (P, B): pi_pos and d (B, V, K), A (B, V).
 
-    For query i of view v and its K positives (the same image in the other views w), with
-    d_k = 2 - 2 z_vi . z_wi, pi_k = softmax_k(tau d_k) (or 1/K unweighted), A_vi = sum_k pi_k d_k:
+    For query i of view v and its K positives, d_k = 2 - 2 z_vi . z_wi,
+    pi_k = softmax_k(tau d_k) (or 1/K unweighted) and A_vi = sum_k pi_k d_k.
+    Image-major, so that the softmax runs over a contiguous last dimension.
+    """
+    d = d_pairs.T[:, positives]  # (B, V, K)
+    pi = _softmax_weights(tau * d, weighted, detach=False)
+    return pi, d, (pi * d).sum(-1)
 
-        attraction = alpha * mean over (v, i) of A_vi
+
+def _attraction_pair_grad(
+    pi: Tensor, d: Tensor, a: Tensor, positives: Tensor, tau: float, alpha: float, attached: bool
+) -> Tensor:
+    """d attraction / d d_pairs, (P, B), with attraction = alpha * mean over (v, i) of A_vi:
+
         dA_vi / dd_k = pi_k (1 + tau (d_k - A_vi))    (attached weights)
         dA_vi / dd_k = pi_k                            (detached or uniform weights)
 
-    One batched (B, V, V) same-image Gram forward and one batched matmul backward, instead of
-    the dozen small autograd nodes of the plain form (which cost more than the arithmetic).
+    summed over the two queries (one per view of the pair) that share each distance.
+    """
+    B, V, K = pi.shape
+    c = pi * (alpha / (V * B))
+    if attached:
+        c = c * (1.0 + tau * (d - a.unsqueeze(-1)))
+    per_pair = c.new_zeros(B, V * (V - 1) // 2)
+    return per_pair.index_add_(1, positives.flatten(), c.reshape(B, V * K)).T
+
+
+def _sum_over_pairs(grads: Tensor) -> Tensor:
+    """(V, B, D) gradient from the (2P, B, D) gradients of the ``_pair_views`` (first, second)."""
+    n, B, D = grads.shape
+    V = round((1 + math.sqrt(1 + 4 * n)) / 2)  # 2P = V (V - 1)
+    select = _pair_tables(V, grads.device, grads.dtype)[0]
+    return (select.T @ grads.reshape(n, B * D)).view(V, B, D)
+
+
+class _Attraction(torch.autograd.Function):
+    """Contrastive attraction alone (for the repulsion options ``_CACR`` does not cover).
+
+    The positive distances are the per-pair dot products of ``_pair_views``; the backward is
+    closed-form (``_attraction_pair_grad``) instead of a dozen small autograd nodes, which cost
+    more than the arithmetic.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, tau: float, alpha: float, weighted: bool, detach: bool):  # type: ignore[override]
-        V, B, _ = z.shape
-        zt = z.transpose(0, 1)  # (B, V, D)
-        d = _off_diagonal(torch.bmm(zt, zt.transpose(1, 2)).mul_(-2.0).add_(2.0))  # (B, V, K)
-        pi = _softmax_weights(tau * d, weighted, detach=False)
-        a = (pi * d).sum(-1)  # (B, V): A_vi
+        zv, zw = _pair_views(z)
+        positives = _pair_tables(z.shape[0], z.device, z.dtype)[1]
+        d_pairs = 2.0 - 2.0 * torch.linalg.vecdot(zv, zw)  # (P, B)
+        pi, d, a = _attraction_parts(d_pairs, positives, tau, weighted)
         ctx.tau, ctx.alpha, ctx.attached = tau, alpha, weighted and not detach
-        ctx.save_for_backward(z, pi, d, a)
-        pi_out, d_out = pi.permute(1, 0, 2), d.permute(1, 0, 2)  # (V, B, K)
+        ctx.save_for_backward(zv, zw, pi, d, a, positives)
+        pi_out, d_out = pi.transpose(0, 1), d.transpose(0, 1)  # (V, B, K)
         ctx.mark_non_differentiable(pi_out, d_out)
         ctx.set_materialize_grads(False)
         return alpha * a.mean(), pi_out, d_out
 
     @staticmethod
     def backward(ctx, grad_a: Tensor | None, _gw: Tensor | None, _gd: Tensor | None):  # type: ignore[override]
-        z, pi, d, a = ctx.saved_tensors
         if grad_a is None:
             return None, None, None, None, None
-        V, B, _ = z.shape
-        c = pi * (ctx.alpha / (V * B))  # dAttraction / dd, (B, V, K)
-        if ctx.attached:
-            c = c * (1.0 + ctx.tau * (d - a.unsqueeze(-1)))
-        full = z.new_zeros(B, V, V)  # the same in the (B, V, V) layout, zero diagonal
-        _off_diagonal_rows(full).copy_(c.reshape(B, V - 1, V))
-        # d(v, w) and d(w, v) are one distance, so each positive pair pulls both ways; the
-        # chain-rule factors go on these (B, V, V) coefficients, not on the (V, B, D) gradient.
-        full = (full + full.transpose(1, 2)).mul_(-2.0 * grad_a)
-        grad = torch.bmm(full, z.transpose(0, 1)).transpose(0, 1)  # (V, B, D)
-        return grad, None, None, None, None
+        zv, zw, pi, d, a, positives = ctx.saved_tensors
+        coef = _attraction_pair_grad(pi, d, a, positives, ctx.tau, ctx.alpha, ctx.attached)
+        coef = (coef * (-2.0 * grad_a)).unsqueeze(-1)  # dd/dG = -2
+        return _sum_over_pairs(torch.cat([coef * zw, coef * zv])), None, None, None, None
 
 
 def _exp_is_safe(tau: float, dtype: torch.dtype) -> bool:
@@ -325,84 +396,174 @@ def _exp_is_safe(tau: float, dtype: torch.dtype) -> bool:
     return 2.0 * tau <= 0.45 * -math.log(torch.finfo(dtype).tiny)
 
 
-class _CrossViewRepulsion(torch.autograd.Function):
-    """The weighted repulsion of the reference pairing, fused, with a closed-form backward.
+def _negative_sums(g: Tensor, ex: Tensor, tau: float) -> tuple[Tensor | float, Tensor, Tensor]:
+    """The softmax sums of every query over its negatives, from G' = 2 tau G in ``g``.
 
-    For query i of view v against samples j of view w > v, with G_ij = z_vi . z_wj,
+    g, ex: (P, B, B) buffers, g holding G' (diagonal: the positives). Afterwards ex holds
+    exp(G' - m) off the diagonal and 0 on it, and g holds ex * (G' - m), with m the row shift
+    (0 while ``_exp_is_safe``, else each query's largest G' over its negatives).
+    Returns (m, s, t), s_i = sum_j ex_ij and t_i = sum_j ex_ij (G'_ij - m_i), (P, B) each:
+    pi_ij = ex_ij / s_i, and sum_j pi_ij G'_ij = t_i / s_i + m_i.
+    """
+    diagonal = g.diagonal(dim1=-2, dim2=-1)
+    shift: Tensor | float = 0.0
+    if not _exp_is_safe(tau, g.dtype):  # softmax is shift-invariant; keep exp in range
+        diagonal.fill_(-math.inf)  # the positive is no negative
+        shift = g.amax(-1, keepdim=True)
+        g.sub_(shift)
+        shift = shift.squeeze(-1)
+    diagonal.zero_()  # finite, so that ex * g stays 0 there
+    torch.exp(g, out=ex).diagonal(dim1=-2, dim2=-1).zero_()
+    s = ex.sum(-1)
+    t = g.mul_(ex).sum(-1)
+    return shift, s, t
+
+
+# Free CPU scratch buffers of the fused CACR, by (numel, dtype); see ``_lease_scratch``.
+_FREE_SCRATCH: dict[tuple[int, torch.dtype], Tensor] = {}
+_SCRATCH_SIZES = 4  # e.g. the training batch, the last short batch and the evaluation batch
+
+
+def _lease_scratch(owner: object, numel: int, like: Tensor) -> tuple[Tensor, Callable[[], None]]:
+    """A flat buffer of ``numel`` elements for ``owner`` (an autograd ctx) alone, and the
+    function that gives it back (at the latest, it goes back when ``owner`` is freed).
+
+    Why: on CPU every fresh multi-MB tensor costs a page fault per 4 KiB on first touch
+    (glibc does not reuse the freed aligned block for the next request of the same size),
+    ~1 us each: at V = 5, B = 256 the fused loss's fresh buffers cost more than its
+    arithmetic. A lease is exclusive: the buffer returns to the free list when the backward
+    is done with it, or when its graph is dropped unused (at once under no_grad), so two live
+    graphs never share one. On CUDA the caching allocator already reuses memory.
+    """
+    if like.device.type != "cpu":
+        return like.new_empty(numel), lambda: None
+    key = (numel, like.dtype)
+    buf = _FREE_SCRATCH.pop(key, None)
+    if buf is None:
+        buf = like.new_empty(numel)
+    return buf, weakref.finalize(owner, _return_scratch, key, buf)  # runs at most once
+
+
+def _return_scratch(key: tuple[int, torch.dtype], buf: Tensor) -> None:
+    _FREE_SCRATCH[key] = buf  # most recently used size last
+    while len(_FREE_SCRATCH) > _SCRATCH_SIZES:  # forget the least recently used size
+        _FREE_SCRATCH.pop(next(iter(_FREE_SCRATCH)), None)
+
+
+class _CACR(torch.autograd.Function):
+    """CACR with the reference pairing and weighted repulsion, fused, with a closed-form backward.
+
+    Repulsion: for query i of view v against samples j != i of view w > v, with G_ij = z_vi . z_wj,
     d_ij = 2 - 2 G_ij, pi_ij = softmax_{j != i}(-tau d_ij) and E_i = sum_j pi_ij d_ij:
 
         R = -beta * mean over (pairs, i) of E_i
         dR / dG_ij = 2 beta / (P B) * pi_ij (1 + tau (E_i - d_ij))    (attached weights)
         dR / dG_ij = 2 beta / (P B) * pi_ij                            (detached weights)
 
-    Written for few passes over the (P, B, B) block, since those, not the matmuls, dominated the
-    plain autograd form (~20 passes, ~6 such tensors alive):
-      - forward: one batched matmul into a buffer holding G' = 2 tau G; the outputs
-        d2 = 2 - G'/tau and pi are written straight from its off-diagonal entries, with
-        softmax(-tau d) = exp(G') / sum and no max-subtraction when that cannot overflow
-        (``_exp_is_safe``).
-      - backward: dR/dG = pi (c_i + scale G') is written over G' in two passes, its diagonal
-        (the positive) zeroed, then two batched matmuls. A second backward through a retained
-        graph (gradcheck) finds G' spent and recomputes it.
+    Attraction (``_attraction_parts``) reads its positive distances off the diagonals of the
+    same cross-view Gram blocks: G_ii of pair (v, w) is z_vi . z_wi, and its gradient goes on
+    those diagonals, so the backward's two matmuls carry both terms.
+
+    Written for few passes over the (P, B, B) blocks and no fresh large buffers, since those,
+    not the matmuls, dominated the plain autograd form (~20 passes, ~6 such tensors alive):
+      - forward: one batched matmul writes G' = 2 tau G; exp(G') goes into a second block
+        (``_negative_sums``; no max-subtraction while that cannot overflow), G' exp(G') over
+        the first: two row sums give every query's softmax normaliser s_i and
+        r_i = sum_j pi_ij G'_ij, so E_i = 2 - r_i / tau.
+      - backward: dR/dG = (scale / s_i) exp(G') (G' + 1 - r_i) in two passes over the first
+        block, the attraction's dA/dG on its diagonal, then two batched matmuls.
+      - all of it lives in one leased scratch buffer (``_lease_scratch``), given back at the
+        end of the backward; a second backward through a retained graph recomputes it.
+    pi_neg and d2 themselves are not written: ``cacr_loss`` hands them out on first read.
     ``tests/test_losses.py`` checks values and gradients against the loop reference and
     gradcheck; ``benchmarks/bench_loss.py`` times it against the Gram-matmul floor.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, tau: float, beta: float, detach: bool):  # type: ignore[override]
-        V, B, D = z.shape
-        P = V * (V - 1) // 2
-        zv, zw = _pair_views(z)  # (P, B, D): one batched matmul over all pairs
-        g = _scaled_cross_gram(zv, zw, tau, z.new_empty(P, B, B))  # G', combinations order
-        off = _off_diagonal_rows(g)  # j == i (the positive) left out
-        d2 = torch.add(z.new_full((), 2.0), off, alpha=-1.0 / tau).view(P, B, B - 1)  # 2 - 2G
-        if _exp_is_safe(tau, z.dtype):
-            pi = torch.exp(off).view(P, B, B - 1)
-        else:  # large tau: shift by the row's nearest negative (softmax is shift-invariant)
-            pi = d2.amin(-1, keepdim=True).sub(d2).mul_(tau).exp_()
-        pi.div_(pi.sum(-1, keepdim=True))
-        e = torch.linalg.vecdot(pi, d2)  # (P, B): E_i = sum_j pi_ij d_ij
-        ctx.V, ctx.tau, ctx.detach, ctx.scale = V, tau, detach, 2.0 * beta / (P * B)
-        ctx.gram = g  # not saved_tensors: the backward overwrites it (see ctx.gram_spent)
-        ctx.gram_spent = False
-        ctx.save_for_backward(zv, zw, pi, e)
-        ctx.mark_non_differentiable(pi, d2)
-        ctx.set_materialize_grads(False)  # no zero (P, B, B-1) grads for pi and d2
-        return -beta * e.sum() / (P * B), pi, d2
+    def forward(  # type: ignore[override]
+        ctx,
+        z: Tensor,
+        tau_pos: float,
+        tau_neg: float,
+        alpha: float,
+        beta: float,
+        weight_pos: bool,
+        detach: bool,
+    ):
+        positives = _pair_tables(z.shape[0], z.device, z.dtype)[1]
+        d_pairs, shift, s, t = _CACR.workspace(ctx, z, tau_neg)
+        pi_pos, d_pos, a = _attraction_parts(d_pairs, positives, tau_pos, weight_pos)
+        r = t / s  # (P, B): sum_j pi_ij (G'_ij - shift_i)
+        e = 2.0 - (r + shift).mean() / tau_neg  # the mean of E_i = sum_j pi_ij (2 - G'_ij / tau)
+        ctx.tau_pos, ctx.tau_neg, ctx.alpha, ctx.beta = tau_pos, tau_neg, alpha, beta
+        ctx.attached_pos, ctx.detach = weight_pos and not detach, detach
+        ctx.save_for_backward(z, pi_pos, d_pos, a, positives, s, r)
+        pi_out, d_out = pi_pos.transpose(0, 1), d_pos.transpose(0, 1)  # (V, B, K)
+        ctx.mark_non_differentiable(pi_out, d_out)
+        ctx.set_materialize_grads(False)
+        return alpha * a.mean(), -beta * e, pi_out, d_out
 
     @staticmethod
-    def backward(ctx, grad_r: Tensor | None, _gw: Tensor | None, _gd: Tensor | None):  # type: ignore[override]
-        zv, zw, pi, e = ctx.saved_tensors
-        if grad_r is None:
-            return None, None, None, None
-        V, tau, scale = ctx.V, ctx.tau, ctx.scale
-        dg = ctx.gram
-        if ctx.gram_spent:  # a retained graph's second backward
-            _scaled_cross_gram(zv, zw, tau, dg)
-        ctx.gram_spent = True
-        off = _off_diagonal_rows(dg)
-        rows = off.shape  # (P, B-1, B): pi's layout seen like dg's off-diagonal view
-        if ctx.detach:  # dR/dG = scale pi
-            torch.mul(pi.view(rows), scale, out=off)
-        else:  # dR/dG = scale pi (1 + tau (E - d)) = pi (c + scale G'), c per query (a row)
-            c = ((1.0 - 2.0 * tau + tau * e) * scale).unsqueeze(-1)
-            torch.add(c, dg, alpha=scale, out=dg)
-            off.mul_(pi.view(rows))
-        dg.diagonal(dim1=-2, dim2=-1).zero_()  # the positive is no negative
-        # dR/dz_v += dR/dG_vw z_w and dR/dz_w += dR/dG_vw^T z_v, summed over the pairs.
-        vi, wi = pair_indices(V, dg.device)
-        grad = zv.new_zeros(V, *zv.shape[1:])
-        grad.index_add_(0, vi, torch.bmm(dg, zw))
-        grad.index_add_(0, wi, torch.bmm(dg.transpose(1, 2), zv))
-        return grad.mul_(grad_r), None, None, None
+    def workspace(ctx, z: Tensor, tau: float) -> tuple[Tensor, Tensor | float, Tensor, Tensor]:
+        """Lease the scratch and fill it: the pairs' views, G' and exp(G') (``_negative_sums``).
+
+        Sets ctx.scratch = (g, ex, zv, zw, grads) and ctx.release; returns the pairs' positive
+        distances (P, B) and the softmax sums (shift, s, t) of ``_negative_sums``.
+        """
+        V, B, D = z.shape
+        P = V * (V - 1) // 2
+        blocks, rows = 2 * P * B * B, 4 * P * B * D
+        buf, ctx.release = _lease_scratch(ctx, blocks + rows, z)
+        gram, pairs = buf.split([blocks, rows])
+        g, ex = gram.view(2, P, B, B).unbind(0)
+        views, grads = pairs.view(2, 2 * P, B, D).unbind(0)  # (first; second) view of each pair
+        select = _pair_tables(V, z.device, z.dtype)[0]
+        torch.mm(select, z.reshape(V, B * D), out=views.view(2 * P, B * D))  # ``_pair_views``
+        zv, zw = views[:P], views[P:]
+        _cross_gram(zv, zw, tau, g)  # (P, B, B): one batched matmul over all pairs
+        d_pairs = 2.0 - g.diagonal(dim1=-2, dim2=-1) / tau  # (P, B), taken before reuse
+        shift, s, t = _negative_sums(g, ex, tau)
+        ctx.scratch = (g, ex, zv, zw, grads)
+        return d_pairs, shift, s, t
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_a: Tensor | None, grad_r: Tensor | None, _gw, _gd):  # type: ignore[override]
+        if grad_a is None and grad_r is None:
+            return (None,) * 7
+        z, pi_pos, d_pos, a, positives, s, r = ctx.saved_tensors
+        tau = ctx.tau_neg
+        if ctx.scratch is None:  # a retained graph's second backward: the first gave it back
+            _CACR.workspace(ctx, z, tau)
+        g, ex, zv, zw, grads = ctx.scratch
+        P, B, _ = zv.shape
+        # dL/dG for every pair block, built over the scratch: the repulsion off the diagonal,
+        # the attraction (whose distances are the diagonal entries) on it.
+        if grad_r is not None:
+            if ctx.detach:  # dR/dG = scale pi = (scale / s) ex
+                dg = ex
+            else:  # dR/dG = scale pi (1 + tau (E - d)) = (scale / s) ex (G' - shift + 1 - r)
+                dg = g.addcmul_(ex, (1.0 - r).unsqueeze(-1))  # the diagonal stays 0
+            dg.mul_((grad_r * (2.0 * ctx.beta / (P * B)) / s).unsqueeze(-1))
+        else:
+            dg = g.zero_()
+        if grad_a is not None:
+            coef = _attraction_pair_grad(
+                pi_pos, d_pos, a, positives, ctx.tau_pos, ctx.alpha, ctx.attached_pos
+            )
+            dg.diagonal(dim1=-2, dim2=-1).copy_(coef.mul_(-2.0 * grad_a))  # dd/dG = -2
+        # dL/dz_v += dL/dG_vw z_w and dL/dz_w += dL/dG_vw^T z_v, summed over the pairs.
+        torch.bmm(dg, zw, out=grads[:P])
+        torch.bmm(dg.transpose(1, 2), zv, out=grads[P:])
+        grad = _sum_over_pairs(grads)  # a fresh tensor: the scratch can go back now
+        ctx.scratch = None
+        ctx.release()
+        return (grad,) + (None,) * 6
 
 
-def _scaled_cross_gram(zv: Tensor, zw: Tensor, tau: float, out: Tensor) -> Tensor:
-    """out (P, B, B) <- 2 tau zv zw^T, zv/zw (P, B, D) the pairs' views (``_pair_views``).
-
-    The scale rides on the small operand, and one bmm over all P pairs runs faster than one
-    matmul per view (bigger batches for the BLAS)."""
-    return torch.bmm(zv * (2.0 * tau), zw.transpose(1, 2), out=out)
+def _cross_gram(zv: Tensor, zw: Tensor, tau: float, out: Tensor) -> Tensor:
+    """out (P, B, B) <- G' = 2 tau zv zw^T, zv/zw (P, B, D): the scale rides in the matmul."""
+    return torch.baddbmm(out, zv, zw.transpose(1, 2), beta=0.0, alpha=2.0 * tau, out=out)
 
 
 def cacr_loss(
@@ -496,13 +657,26 @@ def cacr_loss(
     weight_neg = weighting in ("full", "without_w1")
 
     with _no_autocast(z.device):
-        # --- contrastive attraction: each view is the query, the other K views its positives.
-        attraction, pi_pos, pos_d2 = _Attraction.apply(z, tau_pos, alpha, weight_pos, detach)
-
-        # --- contrastive repulsion.
         if cost == "euclidean" and weight_neg and not symmetric:
-            # The default (reference) pairing: fused, with a closed-form backward.
-            repulsion, pi_neg, neg_d2 = _CrossViewRepulsion.apply(z, tau_neg, beta, detach)
+            # The default (reference) pairing: attraction and repulsion fused, closed-form backward.
+            attraction, repulsion, pi_pos, pos_d2 = _CACR.apply(
+                z, tau_pos, tau_neg, alpha, beta, weight_pos, detach
+            )
+            # pi_neg and d2 (P, B, B-1) are diagnostics a training step never reads: computed
+            # on first read, from the same embeddings (two buffers and passes saved per step).
+            neg = _first_read(
+                _repulsion_generic,
+                z.detach(),
+                tau_neg,
+                beta,
+                True,
+                False,
+                "euclidean",
+                rbf_t,
+                None,
+                False,
+            )
+            pi_neg, neg_d2 = (lambda: neg()[1]), (lambda: neg()[2])
             if debiased_tau_plus is not None:
                 zv, zw = _pair_views(z)
                 d2_pos_pairs = 2.0 - 2.0 * (zv * zw).sum(-1)  # (P, B): each pair's positive
@@ -510,6 +684,8 @@ def cacr_loss(
                     1.0 - debiased_tau_plus
                 )
         else:
+            # --- attraction: each view is the query, the other K views its positives.
+            attraction, pi_pos, pos_d2 = _Attraction.apply(z, tau_pos, alpha, weight_pos, detach)
             repulsion, pi_neg, neg_d2 = _repulsion_generic(
                 z,
                 tau_neg,
@@ -521,6 +697,7 @@ def cacr_loss(
                 debiased_tau_plus,
                 symmetric,
             )
+            pi_neg, neg_d2 = pi_neg.detach(), neg_d2.detach()
 
     return LossOutput(
         loss=attraction + repulsion,
@@ -528,8 +705,8 @@ def cacr_loss(
         repulsion=repulsion,
         pos_weights=pi_pos.detach(),
         pos_d2=pos_d2.detach(),
-        neg_weights=pi_neg.detach(),
-        neg_d2=neg_d2.detach(),
+        neg_weights=pi_neg,
+        neg_d2=neg_d2,
     )
 
 

@@ -214,6 +214,109 @@ def test_backward_twice_through_a_retained_graph(weight_grad):
     torch.testing.assert_close(g1, g2, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("weighting", ["full", "without_w1", "without_w2"])
+def test_each_cacr_part_alone_has_its_own_gradient(weighting):
+    """The fused backward builds both parts' gradients in one (P, B, B) block (the attraction
+    on its diagonal): backpropagating one part alone, or a weighted sum of the parts, must
+    give the reference gradient of just that, and with detached weights the parts' gradients
+    must add up to the loss's."""
+    x = torch.randn(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    args = (1.5, 0.9, 0.7, 1.3, weighting)
+
+    def grad_of(parts, weight_grad="attached"):
+        """Gradient of sum_k c_k part_k, for parts {name: c} of the fused and the reference."""
+        leaf, ref_leaf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out = cacr_loss(F.normalize(leaf, dim=-1), *args, weight_grad=weight_grad)
+        sum(c * getattr(out, name) for name, c in parts.items()).backward()
+        ca, cr = ref_cacr(F.normalize(ref_leaf, dim=-1), *args)
+        ref = {"attraction": ca, "repulsion": cr, "loss": ca + cr}
+        sum(c * ref[name] for name, c in parts.items()).backward()
+        return leaf.grad, ref_leaf.grad
+
+    for parts in ({"attraction": 2.5}, {"repulsion": -0.7}, {"attraction": 2.5, "repulsion": -0.7}):
+        torch.testing.assert_close(*grad_of(parts), rtol=0, atol=1e-12)
+    detached = (
+        grad_of({"attraction": 1.0}, "detached")[0] + grad_of({"repulsion": 1.0}, "detached")[0]
+    )
+    torch.testing.assert_close(detached, grad_of({"loss": 1.0}, "detached")[0], rtol=0, atol=1e-12)
+
+
+def test_live_graphs_never_share_the_fused_loss_scratch():
+    """The fused loss reuses CPU scratch memory across calls. Graphs alive at the same time
+    (gradient accumulation; a no-grad evaluation between a forward and its backward) must
+    each keep their own: their gradients equal those of fresh, separate computations."""
+    xs = [
+        torch.randn(3, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+        for s in range(3)
+    ]
+
+    def loss_of(leaf):
+        return cacr_loss(F.normalize(leaf, dim=-1), 1.0, 0.9).loss
+
+    expected = []
+    for x in xs:
+        leaf = x.clone().requires_grad_(True)
+        loss_of(leaf).backward()
+        expected.append(leaf.grad)
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    loss_a = loss_of(leaves[0])
+    loss_b = loss_of(leaves[1])  # while A's graph holds its scratch
+    with torch.no_grad():
+        loss_of(xs[2])  # leases a scratch and gives it back at once
+    loss_b.backward()  # B gives its scratch back ...
+    loss_c = loss_of(leaves[2])  # ... and C may take it, while A still holds its own
+    loss_a.backward()
+    loss_c.backward()
+    for leaf, grad in zip(leaves, expected):
+        torch.testing.assert_close(leaf.grad, grad, rtol=0, atol=1e-12)
+
+
+def test_fused_loss_scratch_goes_back_after_backward_or_when_the_graph_is_dropped():
+    """The speed of the fused loss on CPU rests on reusing its scratch (a fresh multi-MB
+    buffer costs a page fault per 4 KiB): leased while a graph can still use it, free again
+    after the backward, or as soon as an unused graph is dropped."""
+    from cacr_lab import losses
+
+    V, B, D = 3, 7, 5
+    P = V * (V - 1) // 2
+    key = (2 * P * B * B + 4 * P * B * D, torch.float64)
+    losses._FREE_SCRATCH.pop(key, None)
+    z = unit(V, B, D, seed=8).requires_grad_(True)
+    out = cacr_loss(z, 1.0, 0.9)
+    assert key not in losses._FREE_SCRATCH  # leased by the live graph
+    out.loss.backward()
+    buf = losses._FREE_SCRATCH[key]  # given back by the backward
+    out = cacr_loss(z, 1.0, 0.9)
+    assert key not in losses._FREE_SCRATCH  # the next call took it
+    del out  # dropped without a backward
+    assert losses._FREE_SCRATCH[key] is buf
+
+
+def test_negative_weights_are_computed_on_first_read():
+    """CACR's (P, B, B-1) pi_neg / d2 are diagnostics a training step never reads: the fused
+    path computes them when first read, from the same embeddings, also after the backward,
+    from a detached copy, and under autocast (in full precision)."""
+    from cacr_lab.losses import LossOutput
+
+    x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(9))
+    z = F.normalize(x, dim=-1)
+    first = cacr_loss(z, 1.0, 0.9)
+    w, d2 = first.neg_weights, first.neg_d2
+    out = cacr_loss(z.clone().requires_grad_(True), 1.0, 0.9)
+    out.loss.backward()
+    copy = out.detach()
+    torch.testing.assert_close(copy.neg_weights, w, rtol=0, atol=0)
+    torch.testing.assert_close(out.neg_d2, d2, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        late = cacr_loss(z, 1.0, 0.9)
+        assert late.neg_weights.dtype == torch.float32
+    torch.testing.assert_close(late.neg_weights, w, rtol=0, atol=0)
+    calls = []
+    lazy = LossOutput(loss=torch.tensor(0.0), neg_weights=lambda: calls.append(1) or w)
+    assert calls == []
+    assert lazy.neg_weights is w and lazy.neg_weights is w and calls == [1]
+
+
 def test_cacr_weight_tensors_follow_documented_layout():
     V, B = 4, 5
     z = unit(V, B, 6, seed=3)
