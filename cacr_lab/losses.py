@@ -348,10 +348,9 @@ def _attraction_pair_grad(
     return per_pair.index_add_(1, positives.flatten(), c.reshape(B, V * K)).T
 
 
-def _sum_over_pairs(grads: Tensor) -> Tensor:
+def _sum_over_pairs(grads: Tensor, V: int) -> Tensor:
     """(V, B, D) gradient from the (2P, B, D) gradients of the ``_pair_views`` (first, second)."""
     n, B, D = grads.shape
-    V = round((1 + math.sqrt(1 + 4 * n)) / 2)  # 2P = V (V - 1)
     select = _pair_tables(V, grads.device, grads.dtype)[0]
     return (select.T @ grads.reshape(n, B * D)).view(V, B, D)
 
@@ -384,7 +383,8 @@ class _Attraction(torch.autograd.Function):
         zv, zw, pi, d, a, positives = ctx.saved_tensors
         coef = _attraction_pair_grad(pi, d, a, positives, ctx.tau, ctx.alpha, ctx.attached)
         coef = (coef * (-2.0 * grad_a)).unsqueeze(-1)  # dd/dG = -2
-        return _sum_over_pairs(torch.cat([coef * zw, coef * zv])), None, None, None, None
+        V = pi.shape[1]  # pi: (B, V, K)
+        return _sum_over_pairs(torch.cat([coef * zw, coef * zv]), V), None, None, None, None
 
 
 def _exp_is_safe(tau: float, dtype: torch.dtype) -> bool:
@@ -555,7 +555,7 @@ class _CACR(torch.autograd.Function):
         # dL/dz_v += dL/dG_vw z_w and dL/dz_w += dL/dG_vw^T z_v, summed over the pairs.
         torch.bmm(dg, zw, out=grads[:P])
         torch.bmm(dg.transpose(1, 2), zv, out=grads[P:])
-        grad = _sum_over_pairs(grads)  # a fresh tensor: the scratch can go back now
+        grad = _sum_over_pairs(grads, z.shape[0])  # a fresh tensor: the scratch can go back now
         ctx.scratch = None
         ctx.release()
         return (grad,) + (None,) * 6
