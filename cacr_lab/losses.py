@@ -201,9 +201,11 @@ def _check_nonnegative(**values: float) -> None:
             raise ValueError(f"{name} must be a non-negative finite number; got {v!r}")
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """ValueError naming the bad value and the valid choices (``None`` shown as ``none``)."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+        shown = ", ".join("none" if c is None else str(c) for c in choices)
+        raise ValueError(f"unknown {name} {value!r}; choose one of {shown}")
 
 
 def _check_tau_plus(tau_plus: float, name: str = "tau_plus") -> None:
@@ -640,9 +642,9 @@ def cacr_loss(
     """
     _check_positive(tau_pos=tau_pos, tau_neg=tau_neg)
     _check_nonnegative(alpha=alpha, beta=beta)
-    _check_choice("weighting", weighting, WEIGHTINGS)
-    _check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
-    _check_choice("cost", cost, COSTS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
+    check_choice("cost", cost, COSTS)
     _check_positive(rbf_t=rbf_t)
     if debiased_tau_plus is not None:
         _check_tau_plus(debiased_tau_plus, "debiased_tau_plus")

@@ -94,7 +94,7 @@ from typing import Any
 
 import numpy as np
 
-import cacr_lab
+from cacr_lab._version import __version__
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -204,7 +204,7 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(cacr_lab.__file__).resolve().parent,
+            cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             timeout=5,
@@ -381,7 +381,7 @@ class RunWriter:
                 raise ValueError(f"class_counts must be >= 0, got {counts}")
         self.config = _jsonable(dict(config))
         self.config["code_version"] = {
-            "cacr_lab": cacr_lab.__version__,
+            "cacr_lab": __version__,
             "git_commit": _git_commit(),
         }
         self.config["class_counts"] = counts

@@ -26,14 +26,13 @@ last good checkpoint stays. SIGTERM / Ctrl-C stop the run cleanly (state "stoppe
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,9 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from cacr_lab import __version__
+from cacr_lab._version import __version__
+from cacr_lab.config import TrainConfig
 from cacr_lab.data import (
-    DATASETS,
     DataSplits,
     ImageData,
     batch_augment_for,
@@ -60,155 +59,9 @@ from cacr_lab.evaluate import (
     per_class_accuracy,
     weight_stats,
 )
-from cacr_lab.losses import LOSSES, LossOutput, loss_options
-from cacr_lab.models import ENCODERS, build_encoder, default_encoder
+from cacr_lab.losses import LOSSES, LossOutput
+from cacr_lab.models import build_encoder, default_encoder
 from cacr_lab.runs import CONFIG_FILE, RunWriter, checkpoint_path, last_checkpoint, load_run
-
-IMBALANCE_PROFILES = (None, "linear", "exponential")
-SCHEDULES = ("step", "cosine")
-VIEW_BATCHING = ("separate", "joint")
-
-
-def paper_loss_options(method: str, dataset: str = "cifar10") -> dict[str, Any]:
-    """The released hyper-parameters of a method (REFERENCE.md section 2), else the defaults.
-
-    >>> paper_loss_options("cacr", "cifar100")["tau_neg"]
-    2.0
-    """
-    options = loss_options(method)
-    if method == "cacr":
-        options.update(tau_pos=1.0, tau_neg=2.0 if dataset in ("cifar100", "stl10") else 0.9)
-    return options
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a pre-training run. Validated on construction (ValueError names the value).
-
-    The resolved config (``to_dict``) is written to ``config.json`` and into every checkpoint.
-    """
-
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | stl10 | folder:PATH | toy
-    method: str = "cacr"  # a key of LOSSES
-    loss_options: dict[str, Any] = field(default_factory=dict)  # overrides of the paper defaults
-    positives: int = 4  # K positives per query: V = K + 1 views per image (paper: 4)
-    encoder: str | None = None  # small-alexnet | resnet18 | small-cnn | mlp; None: by dataset
-    feat_dim: int = 128  # projection dimension D (paper: 128)
-    batch_size: int = 128  # B images per step (paper: 128)
-    epochs: int = 20  # pre-training epochs (paper: 200)
-    lr: float | None = None  # None: 0.12 * B / 256 (reference)
-    schedule: str = "step"  # step: x0.1 at 155/170/185 of 200 epochs (scaled) | cosine
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    imbalance: str | None = None  # None | linear | exponential (REFERENCE.md section 7)
-    imbalance_seed: int = 0  # which images an imbalanced set keeps
-    seed: int = 0  # model init, data order and views
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (losses compute distances in fp32)
-    compile: bool = False  # torch.compile the encoder
-    channels_last: bool = True  # memory format of images and conv weights
-    view_batching: str = "separate"  # separate: one forward per view (reference, BN per view)
-    moco_momentum: float = 0.99  # method moco: EMA rate of the key (momentum) encoder
-    moco_queue: int = 0  # method moco: past keys kept as extra negatives (MoCo v3: 0)
-    sync_bn: bool = False  # several GPUs: BatchNorm statistics over the global batch (CUDA only)
-    data_root: str = "data"  # where torchvision datasets live
-    download: bool = False  # let torchvision download (needs network)
-    log_every: int = 10  # steps between train records
-    eval_every: int = 1  # epochs between evaluations + snapshots (0: only first and last)
-    checkpoint_every: int = 5  # epochs between kept epoch_NNNN.pt checkpoints
-    snapshot_size: int = 512  # held-out images whose embeddings each snapshot stores
-    snapshot_queries: int = 64  # queries whose weights each snapshot stores
-    max_steps: int | None = None  # stop early (smoke tests); None: epochs * steps_per_epoch
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str) or not (
-            self.dataset in DATASETS or self.dataset.startswith("folder:")
-        ):
-            raise ValueError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)} "
-                "or folder:PATH"
-            )
-        if self.method not in LOSSES:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(LOSSES)}")
-        valid = loss_options(self.method)
-        unknown = sorted(set(self.loss_options) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"option(s) {', '.join(unknown)} do not apply to method {self.method!r}; "
-                f"its options are {', '.join(valid)}"
-            )
-        if self.imbalance in ("none", ""):
-            self.imbalance = None
-        _choice("imbalance", self.imbalance, IMBALANCE_PROFILES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("view_batching", self.view_batching, VIEW_BATCHING)
-        if self.encoder is None:
-            self.encoder = default_encoder(self.dataset)
-        _choice("encoder", self.encoder, ENCODERS)
-        _int_at_least("positives", self.positives, 1)
-        _int_at_least("batch_size", self.batch_size, 2)
-        _int_at_least("epochs", self.epochs, 1)
-        _int_at_least("feat_dim", self.feat_dim, 1)
-        _int_at_least("log_every", self.log_every, 1)
-        _int_at_least("eval_every", self.eval_every, 0)
-        _int_at_least("checkpoint_every", self.checkpoint_every, 1)
-        _int_at_least("snapshot_size", self.snapshot_size, 2)
-        _int_at_least("snapshot_queries", self.snapshot_queries, 1)
-        _int_at_least("knn_k", self.knn_k, 1)
-        if self.max_steps is not None:
-            _int_at_least("max_steps", self.max_steps, 1)
-        _int_at_least("moco_queue", self.moco_queue, 0)
-        if not 0.0 <= self.moco_momentum < 1.0:
-            raise ValueError(f"moco_momentum must be in [0, 1); got {self.moco_momentum!r}")
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a non-negative number; got {v!r}")
-        for name in ("lr", "knn_temperature"):
-            v = getattr(self, name)
-            if v is not None and (
-                not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
-            ):
-                raise ValueError(f"{name} must be a positive number; got {v!r}")
-        if not (
-            self.device in ("auto", "cpu", "cuda")
-            or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        ):
-            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
-        # Let the loss validate its own options now, not at the first step.
-        probe = torch.nn.functional.normalize(torch.randn(2, 2, 3), dim=-1)
-        LOSSES[self.method](probe, **self.resolved_loss_options())
-
-    def resolved_loss_options(self) -> dict[str, Any]:
-        """The paper's options for this method and dataset, overridden by ``loss_options``."""
-        return {**paper_loss_options(self.method, self.dataset), **self.loss_options}
-
-    @property
-    def n_views(self) -> int:
-        return self.positives + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["loss_options"] = self.resolved_loss_options()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        shown = ", ".join("none" if c is None else str(c) for c in choices)
-        raise ValueError(f"unknown {name} {value!r}; choose one of {shown}")
-
-
-def _int_at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
 
 
 class NonFiniteLossError(RuntimeError):
