@@ -86,11 +86,11 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -164,12 +164,23 @@ def _to_numpy(x: Any, dtype: Any) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def _atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to a temp file next to ``path``, then rename: readers see old or new."""
+def atomic_write(
+    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *, fsync: bool = False
+) -> None:
+    """Write a file so that readers see the old or the new one, never a part.
+
+    ``data`` is the bytes, or a function that writes into an open binary file (``np.savez``,
+    ``torch.save``). It goes to a hidden temp file next to ``path``, which is then renamed over it;
+    on any error the temp file is removed and the previous file stays.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -388,7 +399,7 @@ class RunWriter:
         self.config["created"] = old_config.get("created", _now_iso())
         if resume:
             self.config["resumed"] = [*old_config.get("resumed", []), _now_iso()]
-        _atomic_write_bytes(
+        atomic_write(
             self.path / CONFIG_FILE, (_dumps(self.config, indent=2) + "\n").encode(), fsync=fsync
         )
 
@@ -458,7 +469,7 @@ class RunWriter:
         records, _ = _parse_lines(path.read_bytes() if path.exists() else b"")
         kept = [r for r in records if keep(r)]
         body = "".join(_dumps(r) + "\n" for r in kept)
-        _atomic_write_bytes(path, body.encode(), fsync=self.fsync)
+        atomic_write(path, body.encode(), fsync=self.fsync)
         times = [r["time"] for r in kept if isinstance(r.get("time"), (int, float))]
         self._time_offset = float(max(times, default=0.0))
         return len(records) - len(kept)
@@ -504,17 +515,8 @@ class RunWriter:
                 raise ValueError(f"{side}_weights {w.shape} and {side}_d2 {d2.shape} differ")
 
         path = snapshot_path(self.path, int(step))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **data)  # a file object: savez does not append another ".npz"
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a file object: savez does not append another ".npz"
+        atomic_write(path, lambda f: np.savez(f, **data), fsync=self.fsync)
         return path
 
     # -- status ------------------------------------------------------------------------------
@@ -531,7 +533,7 @@ class RunWriter:
         if unknown:
             raise ValueError(f"unknown status fields {unknown}; allowed: {_STATUS_FIELDS}")
         self.status.update(_jsonable(fields), state=state, updated=_now_iso())
-        _atomic_write_bytes(
+        atomic_write(
             self.path / STATUS_FILE, (_dumps(self.status) + "\n").encode(), fsync=self.fsync
         )
         return dict(self.status)
@@ -856,7 +858,7 @@ def write_evaluation(run_dir: str | os.PathLike, result: Mapping[str, Any]) -> P
     path = Path(run_dir) / EVALUATION_FILE
     stored = _read_json_or_empty(path)
     stored[str(result.get("protocol", "fast"))] = _jsonable(dict(result))
-    _atomic_write_bytes(path, json.dumps(stored, indent=2, allow_nan=False).encode())
+    atomic_write(path, json.dumps(stored, indent=2, allow_nan=False).encode())
     return path
 
 

@@ -61,7 +61,14 @@ from cacr_lab.evaluate import (
 )
 from cacr_lab.losses import LOSSES, LossOutput
 from cacr_lab.models import build_encoder, default_encoder
-from cacr_lab.runs import CONFIG_FILE, RunWriter, checkpoint_path, last_checkpoint, load_run
+from cacr_lab.runs import (
+    CONFIG_FILE,
+    RunWriter,
+    atomic_write,
+    checkpoint_path,
+    last_checkpoint,
+    load_run,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -480,11 +487,10 @@ class Trainer:
             return
         state = self._state()
         path = checkpoint_path(self.run_dir)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: a kill mid-write leaves the previous last.pt intact
+        # atomic: a kill mid-write leaves the previous last.pt intact
+        atomic_write(path, lambda f: torch.save(state, f))
         if self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs:
-            torch.save(state, checkpoint_path(self.run_dir, self.epoch))
+            atomic_write(checkpoint_path(self.run_dir, self.epoch), lambda f: torch.save(state, f))
 
     def _load_checkpoint(self) -> None:
         path = last_checkpoint(self.run_dir)
