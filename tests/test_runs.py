@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import cacr_lab
-from cacr_lab import runs
 from cacr_lab.runs import (
     MetricsTail,
     RunWriter,
@@ -29,6 +28,7 @@ from cacr_lab.runs import (
     sanitize_run_name,
     series,
 )
+from cacr_lab.runs import writer as runs_writer  # the module that calls np.savez
 
 CONFIG = {"method": "cacr", "dataset": "digits", "tau_pos": 1.0, "tau_neg": 0.9, "seed": 0}
 
@@ -235,7 +235,7 @@ def test_snapshot_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         def crash(*args, **kwargs):
             raise OSError("disk full")
 
-        monkeypatch.setattr(runs.np, "savez", crash)
+        monkeypatch.setattr(runs_writer.np, "savez", crash)
         with pytest.raises(OSError, match="disk full"):
             w.snapshot(6, 0, np.eye(3), [0, 1, 2])
     # the failed write left neither a temp file nor a half snapshot; the old one is intact
