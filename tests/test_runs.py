@@ -258,6 +258,24 @@ def test_list_snapshots_sorted_by_step_and_ignores_temp_files(tmp_path):
     assert latest_snapshot(tmp_path / "nothing") is None
 
 
+def test_latest_snapshot_reads_through_the_given_loader(tmp_path):
+    with RunWriter(tmp_path / "r", CONFIG) as w:
+        for step in (1, 2):
+            w.snapshot(step, 0, np.eye(2) * step, [0, 1])
+    seen = []
+
+    def load(path):  # a cached reader, as the dashboard passes; this one finds step 2 damaged
+        seen.append(path.name)
+        if path.name == "snap_00000002.npz":
+            raise ValueError("damaged")
+        return load_snapshot(path)
+
+    snap = latest_snapshot(tmp_path / "r", load=load)
+    assert snap.step == 1 and snap.embeddings[0, 0] == 1.0
+    assert seen == ["snap_00000002.npz", "snap_00000001.npz"]
+    assert latest_snapshot(tmp_path / "r").step == 2  # the default reader finds it intact
+
+
 def test_existing_run_without_overwrite_raises_and_deletes_nothing(tmp_path):
     with RunWriter(tmp_path / "r", CONFIG) as w:
         w.log(_train(1))

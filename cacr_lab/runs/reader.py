@@ -7,7 +7,7 @@ parts become warnings or are skipped, only a folder that is no run at all raises
 
 import os
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -250,11 +250,18 @@ def load_snapshot(path: str | os.PathLike) -> Snapshot:
     )
 
 
-def latest_snapshot(run_dir: str | os.PathLike) -> Snapshot | None:
-    """The newest readable snapshot of a run, or None if there is none."""
+def latest_snapshot(
+    run_dir: str | os.PathLike, *, load: Callable[[Path], Snapshot] = load_snapshot
+) -> Snapshot | None:
+    """The newest readable snapshot of a run, or None if there is none.
+
+    ``load`` reads one snapshot file, newest first, and raises ValueError for one it cannot read
+    (the previous snapshot is tried next). The default is :func:`load_snapshot`; a caller that
+    keeps snapshots in a cache (the dashboard) passes its cached reader instead.
+    """
     for path in reversed(list_snapshots(run_dir)):
         try:
-            return load_snapshot(path)
+            return load(path)
         except ValueError:
             continue  # a foreign/damaged file: fall back to the previous snapshot
     return None
