@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import cacr_lab
-from cacr_lab import runs
 from cacr_lab.runs import (
     MetricsTail,
     RunWriter,
@@ -29,6 +28,7 @@ from cacr_lab.runs import (
     sanitize_run_name,
     series,
 )
+from cacr_lab.runs import writer as runs_writer  # the module that calls np.savez
 
 CONFIG = {"method": "cacr", "dataset": "digits", "tau_pos": 1.0, "tau_neg": 0.9, "seed": 0}
 
@@ -235,7 +235,7 @@ def test_snapshot_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         def crash(*args, **kwargs):
             raise OSError("disk full")
 
-        monkeypatch.setattr(runs.np, "savez", crash)
+        monkeypatch.setattr(runs_writer.np, "savez", crash)
         with pytest.raises(OSError, match="disk full"):
             w.snapshot(6, 0, np.eye(3), [0, 1, 2])
     # the failed write left neither a temp file nor a half snapshot; the old one is intact
@@ -256,6 +256,24 @@ def test_list_snapshots_sorted_by_step_and_ignores_temp_files(tmp_path):
     ]
     assert latest_snapshot(tmp_path / "r").step == 100
     assert latest_snapshot(tmp_path / "nothing") is None
+
+
+def test_latest_snapshot_reads_through_the_given_loader(tmp_path):
+    with RunWriter(tmp_path / "r", CONFIG) as w:
+        for step in (1, 2):
+            w.snapshot(step, 0, np.eye(2) * step, [0, 1])
+    seen = []
+
+    def load(path):  # a cached reader, as the dashboard passes; this one finds step 2 damaged
+        seen.append(path.name)
+        if path.name == "snap_00000002.npz":
+            raise ValueError("damaged")
+        return load_snapshot(path)
+
+    snap = latest_snapshot(tmp_path / "r", load=load)
+    assert snap.step == 1 and snap.embeddings[0, 0] == 1.0
+    assert seen == ["snap_00000002.npz", "snap_00000001.npz"]
+    assert latest_snapshot(tmp_path / "r").step == 2  # the default reader finds it intact
 
 
 def test_existing_run_without_overwrite_raises_and_deletes_nothing(tmp_path):
@@ -419,3 +437,20 @@ def test_metrics_tail_follows_a_live_writer_and_restarts_after_truncation(tmp_pa
     new = tail.read_new()
     assert tail.restarted and [r["step"] for r in new] == [1, 2, 3] and new[-1]["loss"] == 0.1
     w.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Import weight
+# --------------------------------------------------------------------------------------------
+
+
+def test_import_runs_does_not_import_torch():
+    # A fresh interpreter: this one has torch loaded already. The dashboard reads runs without it.
+    code = "import sys, cacr_lab.runs; assert 'torch' not in sys.modules, 'torch was imported'"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cacr_lab.__file__)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
