@@ -33,18 +33,16 @@ _DASH = {
     "pos": "solid",
     "neg": "dash",
 }
-# One colour per method, the same in every figure (D3 palette); unknown methods get a stable
-# colour from a larger palette, chosen by a hash of the name (crc32: stable across processes).
+# One colour per method, the same in every figure (D3 palette), keyed by the registry's method
+# names (the keys of cacr_lab.losses.LOSSES, written out here so that figures never imports
+# torch; tests/test_figures.py checks the two agree). Unknown methods get a stable colour from a
+# larger palette, chosen by a hash of the name (crc32: stable across processes).
 METHOD_COLORS = {
     "cacr": "#D62728",
     "infonce": "#1F77B4",
-    "simclr": "#1F77B4",
-    "au": "#2CA02C",
-    "au_cl": "#2CA02C",
-    "hn": "#9467BD",
-    "hn_cl": "#9467BD",
-    "dcl": "#FF7F0E",
-    "cmc": "#8C564B",
+    "align-uniform": "#2CA02C",
+    "hard-negative": "#9467BD",
+    "debiased": "#FF7F0E",
     "moco": "#E377C2",
 }
 _UNIFORM_AXIS = "weight × set size (1 = uniform)"
