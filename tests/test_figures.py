@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import pytest
 
 from cacr_lab.figures import (
+    METHOD_COLORS,
     class_color,
     compare_rows,
     compare_table,
@@ -132,6 +133,16 @@ def test_loss_curves_one_run_draws_loss_and_its_parts(cacr_run):
     assert all(t.line.color == method_color("cacr") for t in fig.data)
     np.testing.assert_array_equal(fig.data[0].x, np.arange(1, 21))
     assert fig.layout.title.text and fig.layout.xaxis.title.text == "step"
+
+
+def test_every_registered_method_has_its_own_colour():
+    # Imported here: the rest of this file, like cacr_lab.figures, runs without torch.
+    from cacr_lab.losses import LOSSES
+
+    assert sorted(set(LOSSES) - set(METHOD_COLORS)) == [], "methods left to hashed colours"
+    assert sorted(set(METHOD_COLORS) - set(LOSSES)) == [], "colours of no registered method"
+    assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
+    assert all(method_color(m) == METHOD_COLORS[m] for m in LOSSES)
 
 
 def test_loss_curves_overlays_runs_with_their_own_parts(cacr_run, au_run):

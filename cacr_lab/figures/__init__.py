@@ -1,0 +1,90 @@
+"""Every plotly figure of the lab, shared by the Streamlit app and the notebooks.
+
+Each builder takes plain data -- :class:`~cacr_lab.runs.Run` and
+:class:`~cacr_lab.runs.Snapshot` objects, numpy arrays, lists -- and returns a
+``plotly.graph_objects.Figure``. Nothing here imports Streamlit or touches a notebook, so the app
+and the notebooks show the same picture. Nor does anything here import torch: the package reads
+runs through :mod:`cacr_lab.runs` and draws with numpy and plotly only.
+
+Conventions:
+
+- A run's legend name is ``"{method} · {run name}"`` with the method as in its config
+  (``cacr``, ``infonce``, ...). Each method keeps one colour everywhere (:func:`method_color`);
+  several runs of one method get lighter/darker shades of it.
+- A class keeps one colour everywhere (:func:`class_color`).
+- Conditional weights are shown as *weight × set size* (pi_pos × K, pi_neg × N), so 1 means
+  uniform whatever the set size; > 1 means the point gets more than its uniform share.
+- Loss parts keep one line style each: loss solid, attraction dashed, repulsion dotted, ...
+
+Map (import everything from ``cacr_lab.figures``; the modules are where it lives):
+
+- :mod:`~cacr_lab.figures.style`: the shared look -- :data:`METHOD_COLORS`, :func:`method_color`,
+  :func:`class_color`, :func:`run_label`, line styles, axis titles, the template.
+- :mod:`~cacr_lab.figures.training`: a run's records over training and runs side by side --
+  :func:`loss_curves`, :func:`eval_curves`, :func:`weight_stats_over_time`,
+  :func:`per_class_bars`, :func:`compare_rows` (a plain table widget), :func:`compare_table`,
+  :func:`metric_bars`.
+- :mod:`~cacr_lab.figures.weights`: the conditional weights -- :func:`weight_histograms`,
+  :func:`weight_vs_distance` (a snapshot) and :func:`weights_vs_distance_curves` (theory).
+- :mod:`~cacr_lab.figures.embedding`: :func:`compute_umap` (with its numba disk cache,
+  :func:`enable_umap_disk_cache`, :func:`warm_up_umap`) and :func:`embedding_scatter`.
+- :mod:`~cacr_lab.figures.theory`: figures of :mod:`cacr_lab.theory`'s data --
+  :func:`force_field`, :func:`query_force_figure`, :func:`theory_curves`.
+
+>>> import numpy as np
+>>> fig = weights_vs_distance_curves(np.linspace(0, 4, 9), [0.0, 1.0], kind="neg")
+>>> [t.name for t in fig.data]
+['cacr tau_neg=0', 'cacr tau_neg=1']
+"""
+
+from cacr_lab.figures.embedding import (
+    compute_umap,
+    embedding_scatter,
+    enable_umap_disk_cache,
+    warm_up_umap,
+)
+from cacr_lab.figures.style import METHOD_COLORS, class_color, method_color, run_label
+from cacr_lab.figures.theory import FORCE_COLORS, force_field, query_force_figure, theory_curves
+from cacr_lab.figures.training import (
+    LOSS_PARTS,
+    WEIGHT_STATS,
+    compare_rows,
+    compare_table,
+    eval_curves,
+    loss_curves,
+    metric_bars,
+    per_class_bars,
+    weight_stats_over_time,
+)
+from cacr_lab.figures.weights import (
+    weight_histograms,
+    weight_vs_distance,
+    weights_vs_distance_curves,
+)
+
+__all__ = [
+    "FORCE_COLORS",
+    "LOSS_PARTS",
+    "METHOD_COLORS",
+    "WEIGHT_STATS",
+    "class_color",
+    "compare_rows",
+    "compare_table",
+    "compute_umap",
+    "embedding_scatter",
+    "enable_umap_disk_cache",
+    "eval_curves",
+    "force_field",
+    "loss_curves",
+    "method_color",
+    "metric_bars",
+    "per_class_bars",
+    "query_force_figure",
+    "run_label",
+    "theory_curves",
+    "warm_up_umap",
+    "weight_histograms",
+    "weight_stats_over_time",
+    "weight_vs_distance",
+    "weights_vs_distance_curves",
+]
