@@ -833,11 +833,11 @@ def load_snapshot(path: str | os.PathLike) -> Snapshot:
     )
 
 
-def latest_snapshot(run_dir: str | os.PathLike) -> Snapshot | None:
+def latest_snapshot(run_dir, *, load: Callable[[Path], Snapshot] = load_snapshot):
     """The newest readable snapshot of a run, or None if there is none."""
     for path in reversed(list_snapshots(run_dir)):
         try:
-            return load_snapshot(path)
+            return load(path)
         except ValueError:
             continue  # a foreign/damaged file: fall back to the previous snapshot
     return None
