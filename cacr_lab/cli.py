@@ -6,21 +6,23 @@
     cacr-lab compare --methods cacr,infonce,align-uniform --dataset digits --seeds 3 \\
         --epochs 10 --imbalance linear --out results/digits-linear
 
-Bad input exits with status 2 and one line on stderr that starts with ``error:`` (no traceback);
-an existing run is never deleted or overwritten unless ``--overwrite`` is given.
+This module is argparse only: every default comes from :mod:`cacr_lab.config` (TrainConfig's
+fields, the runs root), and the commands call :mod:`cacr_lab.train` and
+:mod:`cacr_lab.experiments`. Bad input exits with status 2 and one line on stderr that starts with
+``error:`` (no traceback); an existing run is never deleted or overwritten unless ``--overwrite``
+is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cacr_lab.config import TrainConfig, default, runs_root
+from cacr_lab.experiments import PROBE_EPOCHS, compare, evaluate_run
 from cacr_lab.losses import LOSSES, OPTION_HELP, loss_options
 
 EXIT_BAD_INPUT = 2
@@ -39,17 +41,17 @@ def _all_loss_options() -> dict[str, Any]:
     """Every loss option of the registry with an example default (for the flag's type)."""
     opts: dict[str, Any] = {}
     for method in LOSSES:
-        for name, default in loss_options(method).items():
-            opts.setdefault(name, default)
+        for name, example in loss_options(method).items():
+            opts.setdefault(name, example)
     return opts
 
 
 def _add_loss_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loss options (only those of --method apply; default: the paper's)")
-    for name, default in _all_loss_options().items():
+    for name, example in _all_loss_options().items():
         flag = "--" + name.replace("_", "-")
         help_ = OPTION_HELP.get(name, "")
-        if isinstance(default, bool):
+        if isinstance(example, bool):
             g.add_argument(
                 flag,
                 dest=f"loss_{name}",
@@ -58,7 +60,7 @@ def _add_loss_flags(p: argparse.ArgumentParser) -> None:
                 metavar="true|false",
                 help=help_,
             )
-        elif isinstance(default, str):
+        elif isinstance(example, str):
             g.add_argument(flag, dest=f"loss_{name}", default=None, help=help_)
         else:
             g.add_argument(flag, dest=f"loss_{name}", type=float, default=None, help=help_)
@@ -72,56 +74,57 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+# The training flags in --help order: (flag, type, help). A valued flag sets the TrainConfig
+# field of its name (--batch-size: batch_size) and defaults to that field's default; a switch
+# (type None) is off unless given.
+_TRAIN_FLAGS: list[tuple[str, type | None, str]] = [
+    ("--positives", int, "K positives per image (V = K + 1)"),
+    ("--encoder", str, "small-alexnet | resnet18 | small-cnn | mlp (default: by dataset)"),
+    ("--batch-size", int, "images per step (paper 128)"),
+    ("--epochs", int, "pre-training epochs (paper 200)"),
+    ("--lr", float, "learning rate (default 0.12 * B / 256)"),
+    ("--schedule", str, "step (reference) | cosine"),
+    ("--imbalance", str, "none | linear | exponential"),
+    ("--imbalance-seed", int, "which images imbalance keeps"),
+    ("--device", str, "auto | cpu | cuda | cuda:N"),
+    ("--view-batching", str, "separate (reference: BN per view) | joint (one forward, faster)"),
+    ("--compile", None, "torch.compile the encoder"),
+    ("--sync-bn", None, "several GPUs: SyncBatchNorm"),
+    ("--moco-momentum", float, "method moco: EMA rate of the momentum (key) encoder"),
+    ("--moco-queue", int, "method moco: past keys kept as extra negatives (0: none, as MoCo v3)"),
+    ("--no-amp", None, "no bf16 autocast on CUDA"),
+    ("--eval-every", int, "epochs between evaluations"),
+    ("--checkpoint-every", int, "epochs between checkpoints"),
+    ("--log-every", int, "steps between train records"),
+    ("--max-steps", int, "stop after this many steps"),
+    ("--data-root", str, "where torchvision datasets live"),
+    ("--download", None, "let torchvision download datasets"),
+    ("--overwrite", None, "replace an existing run directory"),
+    ("--no-progress", None, "no progress bar"),
+]
+
+
 def _add_train_flags(p: argparse.ArgumentParser, *, single_run: bool) -> None:
+    """The flags of TrainConfig's fields, each defaulting to the field's default."""
     p.add_argument(
         "--dataset",
-        default="digits",
-        help="digits (offline default) | cifar10 | cifar100 | stl10 | folder:PATH | toy",
+        default=default("dataset"),
+        help="digits (offline) | cifar10 | cifar100 | stl10 | folder:PATH | toy; "
+        f"default {default('dataset')}",
     )
     if single_run:
-        p.add_argument("--method", default="cacr", help=f"one of {', '.join(LOSSES)}")
-        p.add_argument("--seed", type=int, default=0, help="seed of init, data order and views")
-    p.add_argument("--positives", type=int, default=4, help="K positives per image (V = K + 1)")
-    p.add_argument(
-        "--encoder",
-        default=None,
-        help="small-alexnet | resnet18 | small-cnn | mlp (default: by dataset)",
-    )
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (paper 128)")
-    p.add_argument("--epochs", type=int, default=20, help="pre-training epochs (paper 200)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.12 * B / 256)")
-    p.add_argument("--schedule", default="step", help="step (reference) | cosine")
-    p.add_argument("--imbalance", default="none", help="none | linear | exponential")
-    p.add_argument("--imbalance-seed", type=int, default=0, help="which images imbalance keeps")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--view-batching",
-        default="separate",
-        help="separate (reference: BN per view) | joint (one forward, faster)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoder")
-    p.add_argument("--sync-bn", action="store_true", help="several GPUs: SyncBatchNorm")
-    p.add_argument(
-        "--moco-momentum",
-        type=float,
-        default=0.99,
-        help="method moco: EMA rate of the momentum (key) encoder",
-    )
-    p.add_argument(
-        "--moco-queue",
-        type=int,
-        default=0,
-        help="method moco: past keys kept as extra negatives (0: none, as MoCo v3)",
-    )
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations")
-    p.add_argument("--checkpoint-every", type=int, default=5, help="epochs between checkpoints")
-    p.add_argument("--log-every", type=int, default=10, help="steps between train records")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--data-root", default="data", help="where torchvision datasets live")
-    p.add_argument("--download", action="store_true", help="let torchvision download datasets")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--method", default=default("method"), help=f"one of {', '.join(LOSSES)}")
+        p.add_argument(
+            "--seed", type=int, default=default("seed"), help="seed of init, data order and views"
+        )
+    for flag, type_, help_ in _TRAIN_FLAGS:
+        if type_ is None:
+            p.add_argument(flag, action="store_true", help=help_)
+            continue
+        value = default(flag[2:].replace("-", "_"))
+        if flag == "--imbalance" and value is None:
+            value = "none"  # the flag's word for TrainConfig's None (balanced)
+        p.add_argument(flag, type=type_, default=value, help=help_)
     _add_loss_flags(p)
 
 
@@ -130,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="pre-train an encoder and write a run directory")
     _add_train_flags(t, single_run=True)
-    t.add_argument("--run-dir", default=None, help="run folder (default runs/METHOD-DATASET-TIME)")
+    default_run = str(runs_root() / "METHOD-DATASET-TIME").replace("%", "%%")
+    t.add_argument("--run-dir", default=None, help=f"run folder (default {default_run})")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run")
     e = sub.add_parser("eval", help="kNN, linear-probe and per-class accuracy of a run")
     e.add_argument("run_dir")
@@ -140,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fast", "paper"],
         help="fast: logistic regression on frozen features; paper: REFERENCE.md's",
     )
-    e.add_argument("--probe-epochs", type=int, default=100, help="epochs of the paper protocol")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--data-root", default="data")
+    e.add_argument(
+        "--probe-epochs", type=int, default=PROBE_EPOCHS, help="epochs of the paper protocol"
+    )
+    e.add_argument("--device", default=default("device"))
+    e.add_argument("--data-root", default=default("data_root"))
     c = sub.add_parser("compare", help="train methods x seeds on identical data and budget")
     c.add_argument("--methods", default="cacr,infonce", help="comma-separated registry keys")
     c.add_argument("--seeds", type=int, default=3, help="number of seeds per method (0..N-1)")
@@ -151,10 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, method: str, seed: int):
+def config_from_args(args: argparse.Namespace, method: str, seed: int) -> TrainConfig:
     """A validated TrainConfig from parsed flags (ValueError names a bad value)."""
-    from cacr_lab.train import TrainConfig
+    return TrainConfig(
+        **_shared_fields(args),
+        method=method,
+        seed=seed,
+        loss_options=_loss_flags(args, method),
+    )
 
+
+def _loss_flags(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The loss options given as flags; ValueError names a flag that ``method`` does not take."""
     given = {k[5:]: v for k, v in vars(args).items() if k.startswith("loss_") and v is not None}
     valid = loss_options(method)
     wrong = sorted(set(given) - set(valid))
@@ -164,10 +178,13 @@ def config_from_args(args: argparse.Namespace, method: str, seed: int):
             f"{flags} do(es) not apply to method {method!r}; its options are "
             f"{', '.join('--' + v.replace('_', '-') for v in valid)}"
         )
-    return TrainConfig(
+    return given
+
+
+def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields of the training flags, but method, seed and loss options."""
+    return dict(
         dataset=args.dataset,
-        method=method,
-        loss_options=given,
         positives=args.positives,
         encoder=args.encoder,
         batch_size=args.batch_size,
@@ -176,7 +193,6 @@ def config_from_args(args: argparse.Namespace, method: str, seed: int):
         schedule=args.schedule,
         imbalance=args.imbalance,
         imbalance_seed=args.imbalance_seed,
-        seed=seed,
         device=args.device,
         amp=not args.no_amp,
         compile=args.compile,
@@ -213,70 +229,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = (
         Path(args.run_dir)
         if args.run_dir
-        else Path("runs") / new_run_name(args.method, args.dataset)
+        else runs_root() / new_run_name(args.method, args.dataset)
     )
     train(config, run_dir, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    protocol: str = "fast",
-    probe_epochs: int = 100,
-    device: str = "auto",
-    data_root: str = "data",
-) -> dict[str, Any]:
-    """kNN, linear-probe and per-class accuracy of a run's last checkpoint; stored in the run."""
-    from cacr_lab.data import load_dataset
-    from cacr_lab.evaluate import extract_features, knn_accuracy, linear_probe, per_class_accuracy
-    from cacr_lab.runs import load_run, write_evaluation
-    from cacr_lab.train import load_encoder, resolve_device
-
-    run = load_run(run_dir)
-    dev = resolve_device(device)
-    model, cfg = load_encoder(run_dir, device=str(dev))
-    sp = load_dataset(cfg["dataset"], root=data_root, seed=cfg["seed"], progress=False)
-    kw = dict(mean=sp.mean, std=sp.std, device=dev, image_size=sp.image_size)
-    train_f = extract_features(model, sp.train.images, **kw)
-    test_f = extract_features(model, sp.test.images, **kw)
-    acc, preds = knn_accuracy(
-        train_f,
-        sp.train.labels,
-        test_f,
-        sp.test.labels,
-        num_classes=sp.train.num_classes,
-        return_predictions=True,
-    )
-    result: dict[str, Any] = {
-        "run": run.name,
-        "method": cfg["method"],
-        "seed": cfg["seed"],
-        "protocol": protocol,
-        "knn_acc": float(acc),
-        "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
-    }
-    if protocol == "paper":
-        from cacr_lab.data import probe_transforms
-        from cacr_lab.evaluate import linear_probe_paper
-
-        train_tf, test_tf = probe_transforms(cfg["dataset"], sp.image_size, sp.mean, sp.std)
-        probe = linear_probe_paper(
-            model,
-            sp.train,
-            sp.test,
-            train_transform=train_tf,
-            test_transform=test_tf,
-            epochs=probe_epochs,
-            device=str(dev),
-        )
-    else:
-        probe = linear_probe(train_f, sp.train.labels, test_f, sp.test.labels)
-    result["probe_acc"] = float(probe.accuracy)
-    result["per_class_acc"] = [float(a) for a in probe.per_class]
-    result["classes"] = sp.train.classes
-    write_evaluation(run_dir, result)
-    return result
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -295,92 +251,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(
-    methods: Sequence[str],
-    *,
-    seeds: int,
-    out: str | Path,
-    args: argparse.Namespace,
-    progress: bool = True,
-) -> Path:
-    """Train every method x seed with identical data, encoder and budget; write a report.
-
-    Writes ``OUT/runs/METHOD-seedS/`` (run directories), ``OUT/results.csv`` (one row per run),
-    ``OUT/report.md`` (mean +- std per method) and plotly HTML figures.
-    """
-    from cacr_lab import figures
-    from cacr_lab.runs import load_run
-    from cacr_lab.train import train
-
-    out = Path(out)
-    configs = [(m, s, config_from_args(args, m, s)) for m in methods for s in range(seeds)]
-    rows, runs = [], []
-    for method, seed, config in configs:  # all validated before the first run starts
-        run_dir = out / "runs" / f"{method}-seed{seed}"
-        # Reuses a finished run of the same config: an interrupted compare picks up where it
-        # stopped.
-        train(
-            config, run_dir, overwrite=args.overwrite, reuse=not args.overwrite, progress=progress
-        )
-        run = load_run(run_dir)
-        runs.append(run)
-        final = run.eval_records()[-1]
-        rows.append(
-            {
-                "method": method,
-                "seed": seed,
-                "knn_acc": final["knn_acc"],
-                "probe_acc": final.get("probe_acc"),
-                "per_class_acc": json.dumps(final.get("per_class_acc")),
-                "run_dir": str(run_dir),
-            }
-        )
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "report.md").write_text(_report(rows, args, seeds))
-    figures.eval_curves(runs).write_html(out / "eval_curves.html", include_plotlyjs="cdn")
-    figures.loss_curves(runs).write_html(out / "loss_curves.html", include_plotlyjs="cdn")
-    figures.weight_stats_over_time(runs).write_html(
-        out / "weight_stats.html", include_plotlyjs="cdn"
-    )
-    figures.per_class_bars(runs).write_html(out / "per_class.html", include_plotlyjs="cdn")
-    return out
-
-
-def _mean_std(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "n/a"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
-
-
-def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seeds: int) -> str:
-    lines = [
-        f"# compare: {args.dataset}, imbalance {args.imbalance}, {args.epochs} epochs, "
-        f"batch {args.batch_size}, K = {args.positives}, {seeds} seed(s)",
-        "",
-        "| method | linear probe (%) | kNN (%) |",
-        "|---|---|---|",
-    ]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for m in methods:
-        rs = [r for r in rows if r["method"] == m]
-        lines.append(
-            f"| {m} | {_mean_std([r['probe_acc'] for r in rs])} | "
-            f"{_mean_std([r['knn_acc'] for r in rs])} |"
-        )
-    if args.imbalance not in (None, "none"):
-        lines += ["", "Per-class linear-probe accuracy (%), mean over seeds:", ""]
-        for m in methods:
-            per = [json.loads(r["per_class_acc"]) for r in rows if r["method"] == m]
-            means = [100 * statistics.mean(c) for c in zip(*per)]
-            lines.append(f"- {m}: " + ", ".join(f"{v:.1f}" for v in means))
-    return "\n".join(lines) + "\n"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in LOSSES]
@@ -391,7 +261,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
-    out = compare(methods, seeds=args.seeds, out=args.out, args=args, progress=not args.no_progress)
+    for method in methods:  # every method's flags checked first, so that an error names a flag
+        config_from_args(args, method, seed=0)
+    base = _shared_fields(args) | {"loss_options": _loss_flags(args, methods[0])}
+    out = compare(
+        methods,
+        seeds=args.seeds,
+        out=args.out,
+        base_config=base,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print((out / "report.md").read_text())
     return 0
 

@@ -20,8 +20,33 @@ from typing import Any
 import torch
 
 from cacr_lab.data import DATASETS
-from cacr_lab.losses import LOSSES, check_choice, loss_options
+from cacr_lab.losses import (  # the option choices are re-exported for the CLI and the dashboard
+    COSTS,
+    LOSSES,
+    OPTION_HELP,
+    WEIGHT_GRADS,
+    WEIGHTINGS,
+    check_choice,
+    loss_options,
+)
 from cacr_lab.models import ENCODERS, default_encoder
+
+__all__ = [
+    "COSTS",
+    "IMBALANCE_PROFILES",
+    "LOSSES",
+    "OPTION_HELP",
+    "RUNS_DIR",
+    "RUNS_ENV",
+    "SCHEDULES",
+    "VIEW_BATCHING",
+    "WEIGHTINGS",
+    "WEIGHT_GRADS",
+    "TrainConfig",
+    "default",
+    "paper_loss_options",
+    "runs_root",
+]
 
 RUNS_ENV = "CACR_LAB_RUNS"  # environment variable naming the runs root
 RUNS_DIR = "runs"  # the runs root's default name

@@ -6,11 +6,14 @@ The charts are read back as the plotly specs the page sends to the browser.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -312,3 +315,36 @@ def test_a_trainer_that_cannot_start_shows_its_error_line(tmp_path, monkeypatch)
     assert "failed to start (exit code 2): `error:" in line
     assert "no-such-folder" in line
     assert at.session_state.live is False
+
+
+def _cacr_lab_imports(path: Path) -> set[str]:
+    """The cacr_lab modules a Python file imports by name (``from cacr_lab import runs``: runs)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "cacr_lab"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "cacr_lab":
+                found |= {f"cacr_lab.{a.name}" for a in node.names}
+            elif node.module.startswith("cacr_lab."):
+                found.add(node.module)
+    return found
+
+
+def test_the_page_imports_only_config_runs_figures_and_experiments():
+    """The page reads run folders and starts the CLI: it never imports the training loop, and
+    takes the loss options' choices from cacr_lab.config, not from cacr_lab.losses."""
+    app_dir = Path(APP).parent
+    allowed = {"cacr_lab.config", "cacr_lab.runs", "cacr_lab.figures", "cacr_lab.experiments"}
+    imports = {p.name: _cacr_lab_imports(p) for p in sorted(app_dir.glob("*.py"))}
+    assert imports["main.py"], "the page imports cacr_lab"
+    assert all(found <= allowed for found in imports.values()), imports
+    # ... nor through them: importing the page's modules leaves the trainer unloaded
+    code = (
+        f"import sys; sys.path.insert(0, {str(app_dir)!r}); import state, sidebar, panels; "
+        "print(sorted(m for m in sys.modules if m in ('cacr_lab.train', 'cacr_lab.evaluate')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -1,0 +1,243 @@
+"""The two tabs of the page: the live panels of one run, and the comparison of several.
+
+Each tab is a fragment that re-reads its runs (through :mod:`state`) and re-runs every second
+only while a run it shows is running. The figures are :mod:`cacr_lab.figures`' -- the ones the
+notebooks show -- built once per data version, so a refresh without new data redraws nothing; a
+damaged run gives a warning in its panel and leaves the rest of the page working.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from cacr_lab import figures, runs
+
+# isort: split
+from state import LIVE_EVERY, cached_figure, file_key, newest_snapshot, pending, read_one, umap_of
+
+PLOT = {"width": "stretch", "config": {"displaylogo": False}}
+
+
+# --------------------------------------------------------------------------------------------
+# Panels of one run
+# --------------------------------------------------------------------------------------------
+
+
+def plot(container, what: str, key: str, version: tuple, make: Callable[[], go.Figure]) -> None:
+    """Draw the (cached) figure ``make()`` in ``container``; bad data gives a warning only."""
+    try:
+        fig = cached_figure(key, version, make)
+    except Exception as err:  # noqa: BLE001 -- a damaged run must leave the rest of the page
+        container.warning(f"{what}: cannot draw this run's data ({type(err).__name__}: {err})")
+        return
+    container.plotly_chart(fig, key=key, **PLOT)
+
+
+def versions(run: runs.Run) -> tuple[tuple, tuple]:
+    """Data versions of a run's train-record and eval-record figures."""
+    base = (str(run.path), str(run.config.get("created")))
+    return (*base, len(run.train_records())), (*base, len(run.eval_records()))
+
+
+def class_names(run: runs.Run) -> list[str] | None:
+    names = run.config.get("classes")
+    return [str(c) for c in names] if isinstance(names, list) and names else None
+
+
+def weights_title(run: runs.Run, snap: runs.Snapshot) -> str:
+    if run.method == "infonce":
+        kind = " · InfoNCE's implicit softmax weights"
+    elif run.method != "cacr":
+        kind = f" · {run.method}'s implicit weights"
+    else:
+        kind = ""
+    return f"Conditional weights at step {snap.step} (epoch {snap.epoch}){kind}"
+
+
+def umap_figure(run: runs.Run, shown: tuple) -> go.Figure:
+    snap_path, xy, labels, step, epoch = shown
+    names = class_names(run)
+    if names is not None and len(names) <= int(labels.max(initial=0)):
+        names = None
+    title = f"UMAP of the embedding sample · {run.name} · step {step} (epoch {epoch})"
+    return cached_figure(
+        f"umap_{run.name}",
+        (snap_path, run.name),
+        lambda: figures.embedding_scatter(xy, labels, names, title=title),
+    )
+
+
+def umap_panel(container, run: runs.Run, snap: runs.Snapshot | None, key: str) -> None:
+    """The latest snapshot's UMAP; the previous one stays up while the next is computed."""
+    if snap is None:
+        container.info("UMAP: waiting for the first snapshot…")
+        return
+    chart, note = container.empty(), container.empty()
+    shown = st.session_state.umap_shown.get(run.name)
+    if shown is not None and shown[0] != str(snap.path):
+        chart.plotly_chart(umap_figure(run, shown), key=f"{key}_previous", **PLOT)
+        note.caption(f"computing the UMAP of step {snap.step}…")
+    try:
+        xy = umap_of(*file_key(snap.path))
+    except Exception as err:  # noqa: BLE001
+        note.warning(f"UMAP: cannot compute ({type(err).__name__}: {err})")
+        return
+    shown = (str(snap.path), xy, snap.labels, snap.step, snap.epoch)
+    st.session_state.umap_shown[run.name] = shown
+    note.empty()
+    chart.plotly_chart(umap_figure(run, shown), key=key, **PLOT)
+
+
+def per_class(run: runs.Run) -> go.Figure:
+    """Per-class accuracy of an imbalanced run: the final linear probe once it exists, the kNN
+    accuracy of the latest evaluation while the run goes on."""
+    names, evals = class_names(run), run.eval_records()
+    if runs.last_value(evals, "per_class_acc") is not None:
+        return figures.per_class_bars(run, class_names=names)
+    knn = runs.last_value(evals, "knn_per_class_acc")
+    if knn is None:
+        raise ValueError("no per-class accuracy recorded yet")
+    step = runs.last_value(evals, "step")
+    return figures.per_class_bars(
+        {f"{figures.run_label(run)} · kNN at step {step}": knn},
+        class_names=names,
+        class_counts=run.config.get("class_counts"),
+    )
+
+
+def run_panels(run: runs.Run) -> None:
+    """The four live panels of one run: 1 loss, 2 weights, 3 UMAP, 4 evaluation."""
+    snap = newest_snapshot(run)
+    snap_version = file_key(snap.path) if snap is not None else None
+    train_v, eval_v = versions(run)
+    k = run.name  # stable keys: a refresh updates each chart in place
+    st.markdown(
+        f"**{run.name}** · `{run.method}` on `{run.config.get('dataset', '?')}` · "
+        f"{runs.describe_status(run)}"
+    )
+    left, right = st.columns(2)
+    plot(left, "Loss curves", f"loss_{k}", train_v, lambda: figures.loss_curves(run))
+    if snap is None:
+        right.info("Weights: waiting for the first snapshot…")
+    elif snap.pos_weights is None and snap.neg_weights is None:
+        right.info(f"Weights: this {run.method} run records no conditional weights.")
+    else:
+        plot(
+            right,
+            "Weight histograms",
+            f"hist_{k}",
+            snap_version,
+            lambda: figures.weight_histograms(snap, weights_title(run, snap)),
+        )
+    left, right = st.columns(2)
+    umap_slot = left.container()
+    if snap is not None and (snap.pos_d2 is not None or snap.neg_d2 is not None):
+        plot(
+            right,
+            "Weight vs distance",
+            f"wd_{k}",
+            snap_version,
+            lambda: figures.weight_vs_distance(snap),
+        )
+    plot(
+        st, "Weight statistics", f"wstats_{k}", eval_v, lambda: figures.weight_stats_over_time(run)
+    )
+    plot(st, "Evaluation", f"eval_{k}", eval_v, lambda: figures.eval_curves(run))
+    if run.config.get("imbalance") not in (None, "none"):
+        plot(st, "Per-class accuracy", f"perclass_{k}", eval_v, lambda: per_class(run))
+    umap_panel(umap_slot, run, snap, f"umap_{k}")  # last: it may take a moment
+
+
+def what_to_watch() -> None:
+    """The theory picture to read the live panels by, shown while there is no run to watch.
+
+    Drawn on the first page also so that the browser has plotly.js loaded and compiled before
+    Start: loading it with the first live chart, on a CPU busy training, delayed that chart by
+    seconds."""
+    st.markdown(
+        "**What to watch for.** CACR weights each negative by how close it is: "
+        "n · pi_neg = n · softmax(−tau_neg · d²), relative to uniform (1). Small tau_neg is "
+        "nearly uniform; large tau_neg pushes hardest on the nearest negatives. InfoNCE "
+        "weights its negatives the same way with tau_neg = 1 / (2T)."
+    )
+    fig = cached_figure(
+        "what_to_watch",
+        (),
+        lambda: figures.weights_vs_distance_curves(
+            np.linspace(0.0, 4.0, 200), [0.0, 0.9, 2.0], "neg", infonce_temperature=0.5
+        ),
+    )
+    st.plotly_chart(fig, key="what_to_watch", **PLOT)
+
+
+def watch_view(root: Path, found: list[runs.Run]) -> None:
+    names = [r.name for r in reversed(found)]
+    options = [*pending(root, set(names)), *names]
+    if not options:
+        what_to_watch()
+        return
+    if st.session_state.watch not in options:
+        st.session_state.watch = options[0]
+    name = st.selectbox("Watch run", options, key="watch")
+    run = next((r for r in found if r.name == name), None)
+    every = LIVE_EVERY if run is None or runs.is_running(run) else None
+    st.fragment(run_every=every)(watched)(root, name)
+
+
+def watched(root: Path, name: str) -> None:
+    """Fragment: the panels of the watched run, re-read from its folder on every refresh."""
+    path = root / name
+    if not (path / runs.CONFIG_FILE).is_file():
+        st.info(f"{name}: waiting for the trainer to write its run folder…")
+        return
+    run_panels(read_one(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Compare
+# --------------------------------------------------------------------------------------------
+
+
+def compare_view(root: Path, found: list[runs.Run]) -> None:
+    names = [r.name for r in reversed(found)]
+    st.session_state.compare = [n for n in st.session_state.compare if n in names]
+    chosen = st.multiselect(
+        "Runs to compare", names, key="compare", help="e.g. cacr against infonce on the same data"
+    )
+    if len(chosen) < 2:
+        st.info("Pick two or more runs to overlay their curves and weight statistics.")
+        return
+    live = any(runs.is_running(r) for r in found if r.name in chosen)
+    st.fragment(run_every=LIVE_EVERY if live else None)(compared)(root, chosen)
+
+
+def compared(root: Path, names: list[str]) -> None:
+    """Fragment: the chosen runs overlaid, their UMAPs side by side."""
+    chosen = [read_one(root / n) for n in names]
+    train_v = tuple(versions(r)[0] for r in chosen)
+    eval_v = tuple(versions(r)[1] for r in chosen)
+    plot(st, "Loss curves", "cmp_loss", train_v, lambda: figures.loss_curves(chosen))
+    plot(
+        st,
+        "Weight statistics",
+        "cmp_wstats",
+        eval_v,
+        lambda: figures.weight_stats_over_time(chosen),
+    )
+    plot(st, "Evaluation", "cmp_eval", eval_v, lambda: figures.eval_curves(chosen))
+    probed = [r for r in chosen if runs.last_value(r.eval_records(), "per_class_acc") is not None]
+    if probed and any(r.config.get("imbalance") not in (None, "none") for r in chosen):
+        plot(
+            st,
+            "Per-class accuracy",
+            "cmp_perclass",
+            eval_v,
+            lambda: figures.per_class_bars(probed, class_names=class_names(probed[0])),
+        )
+    st.dataframe(figures.compare_rows(chosen), hide_index=True)
+    for first in range(0, len(chosen), 3):
+        for col, run in zip(st.columns(3), chosen[first : first + 3]):
+            umap_panel(col, run, newest_snapshot(run), f"cmp_umap_{run.name}")

@@ -1,0 +1,283 @@
+"""Starting and stopping runs: the new-run form in the sidebar, and the run list with Stop.
+
+The form's choices and defaults come from :mod:`cacr_lab.config` (TrainConfig's fields, the
+paper's loss options); its input is checked by the library's own validation (TrainConfig, the run
+name rules), so the page shows the library's messages. Start launches ``python -m cacr_lab
+train ...`` as a process of its own (the page never trains); the run list shows every run folder
+of the runs root with its state, and Stop for those running.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from cacr_lab import runs
+from cacr_lab.config import (
+    COSTS,
+    IMBALANCE_PROFILES,
+    LOSSES,
+    OPTION_HELP,
+    WEIGHT_GRADS,
+    WEIGHTINGS,
+    TrainConfig,
+    default,
+    paper_loss_options,
+)
+
+# isort: split
+from state import launched, overview  # the page's own module, next to this file
+
+# The trainer runs a little below the page's priority: on a 2-core laptop the page stays
+# responsive, and training still gets every idle cycle.
+TRAINER_NICE = 5
+CHOICES = {"weighting": WEIGHTINGS, "weight_grad": WEIGHT_GRADS, "cost": COSTS}
+DATASET_LABELS = {
+    "digits": "digits (embedded, 8×8 → 16×16)",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "stl10": "STL-10",
+    "folder": "image folder…",
+}
+# torchvision's folder of each dataset under the data root: a dataset is offered once present.
+TORCHVISION_FOLDERS = {
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "stl10": "stl10_binary",
+}
+DATA_ROOT = default("data_root")
+STATE_ICONS = {
+    "starting": ":green[:material/hourglass_top:]",
+    "running": ":green[:material/play_circle:]",
+    "finished": ":blue[:material/check_circle:]",
+    "stopped": ":gray[:material/stop_circle:]",
+    "failed": ":red[:material/error:]",
+    "stale": ":orange[:material/warning:]",
+    "unknown": ":orange[:material/help:]",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Sidebar: a new run
+# --------------------------------------------------------------------------------------------
+
+
+def available_datasets() -> list[str]:
+    """digits always; torchvision sets whose files are under the data root; an image folder."""
+    found = [n for n, f in TORCHVISION_FOLDERS.items() if (Path(DATA_ROOT) / f).is_dir()]
+    return ["digits", *found, "folder"]
+
+
+def dataset_input() -> str:
+    choice = st.selectbox(
+        "Dataset",
+        available_datasets(),
+        format_func=DATASET_LABELS.get,
+        key="dataset",
+        help=f"CIFAR-10/100 and STL-10 appear once their torchvision files are under "
+        f"{DATA_ROOT}/ (see the README).",
+    )
+    if choice != "folder":
+        return choice
+    path = st.text_input("Image folder (PATH/<class>/<image>)", key="folder_path")
+    return f"folder:{path}"
+
+
+def option_input(method: str, name: str, paper: object) -> object:
+    """One loss option's widget, starting at the paper's value; returns the value (unvalidated)."""
+    key, help_ = f"opt_{method}_{name}_{paper}", OPTION_HELP.get(name)
+    if name in CHOICES:
+        return st.selectbox(
+            name, CHOICES[name], index=CHOICES[name].index(paper), key=key, help=help_
+        )
+    if isinstance(paper, bool):
+        return st.checkbox(name, value=paper, key=key, help=help_)
+    if paper is None or isinstance(paper, str):  # an optional number: empty means off
+        text = st.text_input(
+            name, value="" if paper is None else paper, key=key, help=f"{help_} — empty: off"
+        )
+        return text.strip() or None
+    return st.number_input(name, value=float(paper), step=0.1, format="%.4g", key=key, help=help_)
+
+
+def device_choices() -> list[str]:
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu", *(["cuda"] if n else []), *(f"cuda:{i}" for i in range(n * (n > 1)))]
+
+
+def new_run_form() -> tuple[dict, str]:
+    """Draw the new-run widgets; return (TrainConfig keyword arguments, run name as typed).
+
+    Every default is TrainConfig's (``cacr_lab.config.default``); the loss options start at
+    the paper's.
+    """
+    st.header("New run")
+    dataset = dataset_input()
+    method = st.selectbox(
+        "Method", list(LOSSES), key="method", help="cacr, or a baseline of the paper's tables"
+    )
+    defaults = paper_loss_options(method, dataset)
+    with st.expander(f"{method} options (paper defaults)", expanded=True):
+        loss_options = {n: option_input(method, n, d) for n, d in defaults.items()}
+    positives = st.number_input(
+        "Positives per image K (V = K + 1 views)",
+        value=default("positives"),
+        step=1,
+        key="positives",
+    )
+    batch_size = st.number_input(
+        "Batch size", value=default("batch_size"), step=16, key="batch_size"
+    )
+    epochs = st.number_input("Epochs", value=default("epochs"), step=1, key="epochs")
+    profiles = [p or "none" for p in IMBALANCE_PROFILES]
+    imbalance = st.selectbox(
+        "Imbalance profile",
+        profiles,
+        index=profiles.index(default("imbalance") or "none"),
+        key="imbalance",
+        help="pre-training set only (REFERENCE.md §7)",
+    )
+    seed = st.number_input("Seed", value=default("seed"), step=1, key="seed")
+    devices = device_choices()
+    device = st.selectbox("Device", devices, index=devices.index(default("device")), key="device")
+    with st.expander("Logging"):
+        log_every = st.number_input(
+            "Log every N steps",
+            value=1 if dataset == "digits" else default("log_every"),
+            step=1,
+            key=f"log_every_{dataset}",
+        )
+        eval_every = st.number_input(
+            "Evaluate + snapshot every N epochs",
+            value=default("eval_every"),
+            step=1,
+            key="eval_every",
+        )
+    name = st.text_input("Run name (empty: method-dataset-time)", key="run_name")
+    kwargs = dict(
+        dataset=dataset,
+        method=method,
+        loss_options=loss_options,
+        positives=int(positives),
+        batch_size=int(batch_size),
+        epochs=int(epochs),
+        imbalance=imbalance,
+        seed=int(seed),
+        device=device,
+        log_every=int(log_every),
+        eval_every=int(eval_every),
+    )
+    return kwargs, name
+
+
+def number(text: object, name: str) -> object:
+    """A text option as a float (None and non-text pass through), or ValueError quoting it."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number or empty, got {text!r}") from None
+
+
+def validated(kwargs: dict, name: str, root: Path) -> tuple[TrainConfig, Path]:
+    """The library's own checks (TrainConfig, run-name rules); ValueError with its message."""
+    options = {k: v if k in CHOICES else number(v, k) for k, v in kwargs["loss_options"].items()}
+    config = TrainConfig(**(kwargs | {"loss_options": options}))
+    slug = "folder" if config.dataset.startswith("folder:") else config.dataset
+    name = name.strip() or runs.new_run_name(config.method, slug)
+    path = runs.run_path(root, name)  # sanitised: never a path outside the runs folder
+    if path.exists():
+        raise ValueError(f"a run named {path.name!r} already exists; choose another name")
+    return config, path
+
+
+def train_command(config: TrainConfig, run_dir: Path) -> list[str]:
+    """The CLI call that trains ``config`` into ``run_dir`` (flags of ``cacr-lab train``)."""
+    argv = [sys.executable, "-m", "cacr_lab", "train", "--run-dir", str(run_dir), "--no-progress"]
+    flags = {
+        "dataset": config.dataset,
+        "method": config.method,
+        "positives": config.positives,
+        "batch-size": config.batch_size,
+        "epochs": config.epochs,
+        "imbalance": config.imbalance or "none",
+        "seed": config.seed,
+        "device": config.device,
+        "log-every": config.log_every,
+        "eval-every": config.eval_every,
+        "data-root": config.data_root,
+    }
+    flags |= {k.replace("_", "-"): v for k, v in config.loss_options.items() if v is not None}
+    for flag, value in flags.items():
+        argv += [f"--{flag}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def start(config: TrainConfig, path: Path) -> None:
+    """Launch the trainer, watch its run, and redraw the page with the run-name field cleared.
+
+    Handled in the script run the click causes (not in an on_click callback), so the options
+    used are exactly those the browser sent with the click.
+    """
+    proc = runs.start_process(path, train_command(config, path), nice=TRAINER_NICE)
+    launched()[str(path)] = proc
+    st.session_state.update(watch=path.name, live=True, clear_name=True)
+    st.rerun()
+
+
+def sidebar(root: Path) -> None:
+    """The new-run form, its validation message, and Start."""
+    if st.session_state.clear_name:  # before the field exists in this run
+        st.session_state.update(run_name="", clear_name=False)
+    with st.sidebar:
+        kwargs, name = new_run_form()
+        try:
+            config, path = validated(kwargs, name, root)
+        except ValueError as err:
+            st.error(f"Cannot start: {err}")
+            config = path = None
+        disabled = config is None
+        if st.button("Start", type="primary", disabled=disabled, key="start", width="stretch"):
+            start(config, path)
+        st.caption(f"Runs folder: `{root.resolve()}`")
+
+
+# --------------------------------------------------------------------------------------------
+# Run list: a status line per run, Stop
+# --------------------------------------------------------------------------------------------
+
+
+def status_row(icon_state: str, text: str, stop_key: str | None) -> bool:
+    """One status line with an optional Stop button; True when Stop was pressed."""
+    left, right = st.columns([0.88, 0.12], vertical_alignment="center")
+    left.markdown(f"{STATE_ICONS.get(icon_state, STATE_ICONS['unknown'])} {text}")
+    return stop_key is not None and right.button("Stop", key=stop_key)
+
+
+def run_list(root: Path) -> None:
+    """Fragment: every run (newest first), a warning per damaged run, Stop for running ones."""
+    found, waiting, states = overview(root)
+    if states != st.session_state.seen:  # a run appeared, started or ended: redraw the page
+        st.session_state.seen = states
+        st.rerun()
+    if not found and not waiting:
+        st.info(
+            "No runs yet: choose options in the sidebar and press **Start**, or train from "
+            "the CLI (`python -m cacr_lab train`) — runs appear here."
+        )
+        return
+    for name, (state, text) in waiting.items():
+        stop_key = f"stop_{name}" if state == "starting" else None
+        if status_row(state, f"**{name}** · {text}", stop_key):
+            launched()[str((root / name).resolve())].terminate()
+    for run in reversed(found):
+        state = runs.run_state(run)
+        text = f"**{run.name}** · `{run.method}` · {runs.describe_status(run)}"
+        if status_row(state, text, f"stop_{run.name}" if state == "running" else None):
+            runs.stop_run(run.path)
+            st.toast(f"Stop requested for {run.name}")
+        for warning in run.warnings:
+            st.warning(f"{run.name}: {warning}", icon=":material/warning:")

@@ -1,0 +1,193 @@
+"""Experiments on finished runs and over many runs: evaluate one, compare methods x seeds.
+
+The functions behind ``cacr-lab eval`` and ``cacr-lab compare``, with plain keyword arguments so
+that a notebook calls them as the CLI does:
+
+    evaluate_run("runs/cacr-digits", protocol="paper")
+    compare(["cacr", "infonce"], seeds=3, out="results/digits", base_config={"epochs": 10})
+
+The trainer and the evaluation code are imported inside the functions that use them, so importing
+this module does not import the training loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cacr_lab.config import TrainConfig, default
+from cacr_lab.runs import load_run, write_evaluation
+
+PROBE_EPOCHS = 100  # epochs of the paper's linear evaluation protocol
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    protocol: str = "fast",
+    probe_epochs: int = PROBE_EPOCHS,
+    device: str = default("device"),
+    data_root: str = default("data_root"),
+) -> dict[str, Any]:
+    """kNN, linear-probe and per-class accuracy of a run's last checkpoint; stored in the run."""
+    from cacr_lab.data import load_dataset
+    from cacr_lab.evaluate import extract_features, knn_accuracy, linear_probe, per_class_accuracy
+    from cacr_lab.train import load_encoder, resolve_device
+
+    run = load_run(run_dir)
+    dev = resolve_device(device)
+    model, cfg = load_encoder(run_dir, device=str(dev))
+    sp = load_dataset(cfg["dataset"], root=data_root, seed=cfg["seed"], progress=False)
+    kw = dict(mean=sp.mean, std=sp.std, device=dev, image_size=sp.image_size)
+    train_f = extract_features(model, sp.train.images, **kw)
+    test_f = extract_features(model, sp.test.images, **kw)
+    acc, preds = knn_accuracy(
+        train_f,
+        sp.train.labels,
+        test_f,
+        sp.test.labels,
+        num_classes=sp.train.num_classes,
+        return_predictions=True,
+    )
+    result: dict[str, Any] = {
+        "run": run.name,
+        "method": cfg["method"],
+        "seed": cfg["seed"],
+        "protocol": protocol,
+        "knn_acc": float(acc),
+        "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
+    }
+    if protocol == "paper":
+        from cacr_lab.data import probe_transforms
+        from cacr_lab.evaluate import linear_probe_paper
+
+        train_tf, test_tf = probe_transforms(cfg["dataset"], sp.image_size, sp.mean, sp.std)
+        probe = linear_probe_paper(
+            model,
+            sp.train,
+            sp.test,
+            train_transform=train_tf,
+            test_transform=test_tf,
+            epochs=probe_epochs,
+            device=str(dev),
+        )
+    else:
+        probe = linear_probe(train_f, sp.train.labels, test_f, sp.test.labels)
+    result["probe_acc"] = float(probe.accuracy)
+    result["per_class_acc"] = [float(a) for a in probe.per_class]
+    result["classes"] = sp.train.classes
+    write_evaluation(run_dir, result)
+    return result
+
+
+def compare(
+    methods: Sequence[str],
+    *,
+    seeds: int,
+    out: str | Path,
+    base_config: Mapping[str, Any] | TrainConfig,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train every method x seed with identical data, encoder and budget; write a report.
+
+    ``base_config`` holds the :class:`TrainConfig` fields every run shares (a mapping of fields,
+    or a config); each run sets ``method`` and ``seed`` (0..seeds-1) on top. Every config is
+    validated before the first run starts (ValueError names a bad value). A finished run of the
+    same config is reused unless ``overwrite``, so an interrupted compare picks up where it stopped.
+
+    Writes ``OUT/runs/METHOD-seedS/`` (run directories), ``OUT/results.csv`` (one row per run),
+    ``OUT/report.md`` (mean +- std per method) and plotly HTML figures.
+    """
+    from cacr_lab import figures
+    from cacr_lab.train import train
+
+    out = Path(out)
+    base = (
+        dataclasses.asdict(base_config)
+        if isinstance(base_config, TrainConfig)
+        else dict(base_config)
+    )
+    configs = [
+        (m, s, TrainConfig(**{**base, "method": m, "seed": s}))
+        for m in methods
+        for s in range(seeds)
+    ]
+    rows, runs = [], []
+    for method, seed, config in configs:  # all validated before the first run starts
+        run_dir = out / "runs" / f"{method}-seed{seed}"
+        # Reuses a finished run of the same config: an interrupted compare picks up where it
+        # stopped.
+        train(config, run_dir, overwrite=overwrite, reuse=not overwrite, progress=progress)
+        run = load_run(run_dir)
+        runs.append(run)
+        final = run.eval_records()[-1]
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "knn_acc": final["knn_acc"],
+                "probe_acc": final.get("probe_acc"),
+                "per_class_acc": json.dumps(final.get("per_class_acc")),
+                "run_dir": str(run_dir),
+            }
+        )
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "report.md").write_text(_report(rows, configs[0][2], seeds))
+    figures.eval_curves(runs).write_html(out / "eval_curves.html", include_plotlyjs="cdn")
+    figures.loss_curves(runs).write_html(out / "loss_curves.html", include_plotlyjs="cdn")
+    figures.weight_stats_over_time(runs).write_html(
+        out / "weight_stats.html", include_plotlyjs="cdn"
+    )
+    figures.per_class_bars(runs).write_html(out / "per_class.html", include_plotlyjs="cdn")
+    return out
+
+
+def _mean_std(xs: list[float]) -> str:
+    """``"mean ± std"`` of accuracies in percent; None entries skipped, ``"n/a"`` if none.
+
+    >>> _mean_std([0.5, 0.7, None])
+    '60.00 ± 14.14'
+    """
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
+
+
+def _report(rows: list[dict[str, Any]], config: TrainConfig, seeds: int) -> str:
+    """report.md of a compare: mean ± std per method, per-class accuracy if imbalanced.
+
+    ``config`` is any run's config: the fields the report quotes are shared by every run.
+    """
+    lines = [
+        f"# compare: {config.dataset}, imbalance {config.imbalance or 'none'}, "
+        f"{config.epochs} epochs, batch {config.batch_size}, K = {config.positives}, "
+        f"{seeds} seed(s)",
+        "",
+        "| method | linear probe (%) | kNN (%) |",
+        "|---|---|---|",
+    ]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        lines.append(
+            f"| {m} | {_mean_std([r['probe_acc'] for r in rs])} | "
+            f"{_mean_std([r['knn_acc'] for r in rs])} |"
+        )
+    if config.imbalance is not None:
+        lines += ["", "Per-class linear-probe accuracy (%), mean over seeds:", ""]
+        for m in methods:
+            per = [json.loads(r["per_class_acc"]) for r in rows if r["method"] == m]
+            means = [100 * statistics.mean(c) for c in zip(*per)]
+            lines.append(f"- {m}: " + ", ".join(f"{v:.1f}" for v in means))
+    return "\n".join(lines) + "\n"
