@@ -22,7 +22,7 @@ from cacr_lab.data import (
     toy_sphere,
     view_transform,
 )
-from cacr_lab.data.datasets import _affine_theta, _rgb_to_hsv
+from cacr_lab.data.augment import _affine_theta, _rgb_to_hsv
 
 
 @pytest.fixture(scope="module")
