@@ -14,8 +14,6 @@ from cacr_lab.data import (
     BatchAugment,
     ImageData,
     MultiViewDataset,
-    _affine_theta,
-    _rgb_to_hsv,
     batch_augment_for,
     class_counts,
     imbalance_indices,
@@ -24,6 +22,7 @@ from cacr_lab.data import (
     toy_sphere,
     view_transform,
 )
+from cacr_lab.data.augment import _affine_theta, _rgb_to_hsv
 
 
 @pytest.fixture(scope="module")

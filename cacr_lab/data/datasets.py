@@ -1,0 +1,396 @@
+"""Loading: every dataset of the lab as two in-memory splits.
+
+`load_dataset` returns a `DataSplits` of two in-memory `ImageData` (``train`` and a held-out
+``test``) plus the per-channel normalisation statistics. Images are kept as ``uint8`` tensors
+``(N, C, H, W)`` so that 50,000 CIFAR images take 150 MB and a whole batch can be augmented on the
+GPU. Names (`DATASETS`):
+
+- ``digits``: scikit-learn's bundled 8x8 digits (offline; the lab's default), upsampled to 16x16.
+- ``cifar10``, ``cifar100``, ``stl10``: torchvision datasets (``download=True`` needs network).
+- ``folder:PATH``: any ImageFolder-style tree ``PATH/<class>/<image>``.
+- ``toy``: clusters on a low-dimensional unit sphere (``images`` are ``(N, D)`` unit vectors).
+
+The bottom of the data package: it imports nothing from `views`, `augment` or `imbalance`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "DataSplits",
+    "ImageData",
+    "load_dataset",
+    "stratified_split",
+    "toy_sphere",
+]
+
+# Names accepted by `load_dataset`; "folder:PATH" takes any path after the colon.
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "folder:PATH", "toy")
+
+# File suffixes read by the `folder:` loader (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+# --------------------------------------------------------------------------------------------
+# Containers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageData:
+    """One split of a dataset, held in memory.
+
+    Attributes:
+        images: ``(N, C, H, W) uint8`` for image datasets; ``(N, D) float32`` unit vectors for
+            ``toy``.
+        labels: ``(N,) int64`` class indices into ``classes``.
+        classes: class names, index = label.
+        name: dataset name as given to `load_dataset` (e.g. ``"cifar10"``, ``"folder:/data/x"``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> ImageData:
+        """The samples at ``indices`` (``(M,) int64``), same classes and name."""
+        return ImageData(self.images[indices], self.labels[indices], list(self.classes), self.name)
+
+
+@dataclass
+class DataSplits:
+    """What `load_dataset` returns.
+
+    Attributes:
+        train: the pre-training / probe-training split.
+        test: the held-out evaluation split (the official test set where the dataset has one,
+            else a seeded stratified validation split).
+        mean, std: per-channel normalisation statistics in [0, 1] units, computed on ``train``
+            (``(0.0,)`` / ``(1.0,)`` for ``toy``, which is not normalised).
+        image_size: side length the encoder sees (STL-10: 64, the crop size, while the stored
+            images stay 96x96); the point dimension D for ``toy``.
+        in_channels: 1 for digits, 3 for colour images, 0 for ``toy`` (points, not images).
+    """
+
+    train: ImageData
+    test: ImageData
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    in_channels: int
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path = "data",
+    download: bool = False,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> DataSplits:
+    """Load a dataset fully into memory as a train/test `DataSplits`.
+
+    Args:
+        name: one of ``digits``, ``cifar10``, ``cifar100``, ``stl10``, ``folder:PATH``, ``toy``.
+        root: where torchvision datasets live (``download=True`` writes there).
+        download: let torchvision download missing files (needs network access).
+        seed: seeds the validation split of ``folder:`` and the points of ``toy``. The digits
+            split is fixed (``random_state=0``) so every run evaluates on the same images.
+        val_fraction: fraction held out as ``test`` where there is no official test split
+            (``folder:``, ``toy``); in (0, 1).
+        image_size: side length to store images at (default: digits 16, CIFAR and folders 32,
+            STL-10 keeps 96 px images and reports 64, the crop size); the dimension D for ``toy``
+            (default 3).
+        progress: show a tqdm bar while decoding a ``folder:`` tree.
+
+    Raises:
+        ValueError: unknown name, bad ``val_fraction`` / ``image_size``, or a bad folder.
+        FileNotFoundError: torchvision dataset files missing (the message says how to fix it).
+
+    Example:
+        >>> splits = load_dataset("digits")
+        >>> splits.train.images.shape[1:], splits.train.images.dtype, splits.image_size
+        (torch.Size([1, 16, 16]), torch.uint8, 16)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}; valid: {DATASETS}")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1
+    ):
+        raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+
+    if name == "digits":
+        return _load_digits(image_size or 16)
+    if name in ("cifar10", "cifar100", "stl10"):
+        return _load_torchvision(name, Path(root), download, image_size)
+    if name.startswith("folder:"):
+        path = name[len("folder:") :]
+        if not path:
+            raise ValueError(f"dataset name {name!r} needs a path after 'folder:'")
+        return _load_folder(
+            name, Path(path).expanduser(), image_size or 32, seed, val_fraction, progress
+        )
+    if name == "toy":
+        return _load_toy(image_size or 3, seed, val_fraction)
+    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``images: (N, C, H, W) uint8`` in [0, 1] units."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    # Chunked so 50k images never become one 600 MB float64 tensor.
+    for start in range(0, images.shape[0], 4096):
+        chunk = images[start : start + 4096].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(N, C, H, W) uint8`` to ``(N, C, size, size)`` (bilinear, antialiased)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(
+        images.float(),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=size < images.shape[-1],
+    )
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _splits(train: ImageData, test: ImageData, image_size: int) -> DataSplits:
+    mean, std = _channel_stats(train.images)
+    return DataSplits(train, test, mean, std, image_size, int(train.images.shape[1]))
+
+
+def _load_digits(image_size: int) -> DataSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    # Pixel values are 0..16; map them onto the usual 0..255 range of uint8 images.
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = _resize_uint8(torch.from_numpy(pixels).unsqueeze(1), image_size)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    # Fixed split (not `seed`): every run, whatever its seed, is evaluated on the same images.
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.25, stratify=bunch.target, random_state=0
+    )
+    classes = [str(int(c)) for c in bunch.target_names]
+    data = ImageData(images, labels, classes, "digits")
+    return _splits(
+        data.subset(torch.from_numpy(np.sort(train_idx))),
+        data.subset(torch.from_numpy(np.sort(test_idx))),
+        image_size,
+    )
+
+
+def _load_torchvision(name: str, root: Path, download: bool, image_size: int | None) -> DataSplits:
+    from torchvision import datasets
+
+    def read(split: str) -> ImageData:
+        try:
+            if name == "stl10":
+                ds = datasets.STL10(str(root), split=split, download=download)
+                images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels)
+            else:
+                cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+                ds = cls(str(root), train=split == "train", download=download)
+                # CIFAR arrays are (N, H, W, C); the lab works in (N, C, H, W).
+                images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+                labels = torch.as_tensor(ds.targets)
+        except (RuntimeError, OSError) as err:  # missing files, or no network for download
+            how = "the download failed" if download else "the files are missing and download=False"
+            cause = " ".join(str(err).split())  # keep the message on one line
+            raise FileNotFoundError(
+                f"{name}: {how} (searched {root.resolve()}; {type(err).__name__}: {cause}). Fix: "
+                f"pass download=True on a machine with network access, put the torchvision "
+                f"{name} files under {root.resolve()}, or load an image tree with 'folder:PATH'."
+            ) from err
+        return ImageData(images, labels.to(torch.int64), list(ds.classes), name)
+
+    train, test = read("train"), read("test")
+    if name == "stl10":
+        # Stored at 96 px; the views are 64 px crops (REFERENCE.md section 6).
+        size = image_size or 64
+    else:
+        size = image_size or 32
+        train.images, test.images = (
+            _resize_uint8(train.images, size),
+            _resize_uint8(test.images, size),
+        )
+    return _splits(train, test, size)
+
+
+def _indices_by_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """For each class c < num_classes, the ascending indices ``i`` with ``labels[i] == c``."""
+    # One stable sort instead of a full scan per class (CIFAR-100 has 100 classes).
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    return list(torch.split(order[: int(counts.sum())], counts.tolist()))
+
+
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class split of ``labels: (N,) int64`` into sorted (keep, held_out) indices.
+
+    Each class with at least two samples holds out ``round(fraction * n_c)`` of them, at least
+    one and never all, so every class appears on both sides whenever it can.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for idx in _indices_by_class(labels, int(labels.max()) + 1 if labels.numel() else 0):
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = 0 if len(idx) < 2 else min(max(round(fraction * len(idx)), 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _decode_image(path: Path) -> torch.Tensor:
+    """Read one image file as ``(3, H, W) uint8`` RGB; ValueError naming the file if unreadable."""
+    try:
+        # torchvision's decoders are ~2x faster than PIL on small JPEGs. They are deprecated
+        # since torchvision 0.29 (the caller silences that warning); PIL takes over if they go.
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except Exception:  # any failure: try PIL, which names the file if it fails too
+        pass
+    try:  # also for formats torchvision cannot decode (BMP, TIFF, PPM)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    except Exception as err:
+        raise ValueError(f"cannot read image file {path}: {err}") from err
+
+
+def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side of ``(C, H, W) uint8`` to ``size``, then centre-crop a square."""
+    if image.shape[-2:] == (size, size):
+        return image
+    from torchvision.transforms import v2
+
+    image = v2.functional.resize(image, [size], antialias=True)
+    return v2.functional.center_crop(image, [size, size])
+
+
+def _load_folder(
+    name: str, path: Path, image_size: int, seed: int, val_fraction: float, progress: bool
+) -> DataSplits:
+    from tqdm.auto import tqdm
+
+    if not path.is_dir():
+        raise ValueError(f"{name}: image folder {path} does not exist or is not a directory")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{name}: {path} has no class subfolders (expected {path}/<class>/<img>)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        found = sorted(
+            p
+            for p in (path / cls).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            raise ValueError(
+                f"{name}: class folder {path / cls} holds no images "
+                f"(suffixes {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        files += found
+        labels += [label] * len(found)
+
+    # A plain loop: decoding 32x32 JPEGs is ~50 us each, and threads only add GIL contention.
+    images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
+        for i, file in enumerate(
+            tqdm(
+                files,
+                desc=f"decoding {path.name}",
+                disable=not progress,
+                mininterval=0.5,
+                unit="img",
+            )
+        ):
+            images[i] = _fit_square(_decode_image(file), image_size)
+
+    data = ImageData(images, torch.tensor(labels, dtype=torch.int64), classes, name)
+    train_idx, test_idx = stratified_split(data.labels, val_fraction, seed)
+    return _splits(data.subset(train_idx), data.subset(test_idx), image_size)
+
+
+def toy_sphere(
+    n_per_class: int = 100, n_classes: int = 4, dim: int = 3, spread: float = 0.3, seed: int = 0
+) -> ImageData:
+    """Clusters of points on the unit sphere S^(dim-1), for the theory notebook.
+
+    Centres are random unit vectors; each point is ``normalise(centre + spread * N(0, I))``.
+
+    Returns:
+        `ImageData` with ``images: (n_classes * n_per_class, dim) float32`` unit vectors and
+        ``labels: (N,) int64``, grouped by class.
+
+    Example:
+        >>> pts = toy_sphere(n_per_class=5, n_classes=2, dim=3)
+        >>> pts.images.shape, bool(torch.allclose(pts.images.norm(dim=1), torch.ones(10)))
+        (torch.Size([10, 3]), True)
+    """
+    for arg, value, low in (
+        ("n_per_class", n_per_class, 1),
+        ("n_classes", n_classes, 1),
+        ("dim", dim, 2),
+    ):
+        if int(value) != value or value < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread!r}")
+    gen = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(n_classes, dim, generator=gen), dim=1)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    points = centres[labels] + spread * torch.randn(len(labels), dim, generator=gen)
+    return ImageData(
+        F.normalize(points, dim=1), labels, [f"cluster {c}" for c in range(n_classes)], "toy"
+    )
+
+
+def _load_toy(dim: int, seed: int, val_fraction: float) -> DataSplits:
+    data = toy_sphere(n_per_class=250, dim=dim, seed=seed)
+    train_idx, test_idx = stratified_split(data.labels, val_fraction, seed)
+    return DataSplits(data.subset(train_idx), data.subset(test_idx), (0.0,), (1.0,), dim, 0)
