@@ -1,6 +1,8 @@
 """Alignment and uniformity (Wang & Isola, ICML 2020) and the AU-CL loss built from them.
 
-``alignment`` and ``uniformity`` are the metrics of one pair of (N, D) embedding sets.
+``alignment`` and ``uniformity`` are the metrics of one pair of (N, D) embedding sets; they are
+the one definition that :func:`cacr_lab.evaluate.alignment_uniformity` also uses (in float64,
+over N in the thousands: hence the chunked, overflow-free ``_log_mean_exp_pairs``).
 ``align_uniform_loss`` is the training loss over V views, batched over view pairs and views.
 """
 
@@ -48,16 +50,41 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
 def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     """Uniformity metric log E_{i<j} exp(-t ||z_i - z_j||^2) (Wang & Isola, ICML 2020).
 
+    A log-mean-exp over the N(N-1)/2 pairs (``_log_mean_exp_pairs``): chunked over rows, so
+    that N in the thousands fits in memory (evaluation runs it in float64 over held-out sets),
+    and free of exp underflow at large t.
+
     Args:
         z: (N, D) L2-normalised embeddings, N >= 2 (with one sample there is no pair).
         t: kernel parameter (> 0). Paper: 2.
+
+    >>> z = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    >>> float(uniformity(z))  # one pair at d2 = 4: log exp(-2 * 4)
+    -8.0
     """
     _check_positive(t=t)
     if z.dim() != 2:
         raise ValueError(f"z must be (N, D); got shape {tuple(z.shape)}")
     if z.shape[0] < 2:
         raise ValueError(f"uniformity needs at least N=2 samples; got N={z.shape[0]}")
-    return torch.pdist(_upcast(z), p=2).pow(2).mul(-t).exp().mean().log()
+    return _log_mean_exp_pairs(_upcast(z), t)
+
+
+def _log_mean_exp_pairs(z: Tensor, t: float, chunk: int = 2048) -> Tensor:
+    """``log mean_{i<j} exp(-t ||z_i - z_j||^2)`` for ``z: (N, D)``, N >= 2, chunked over rows.
+
+    Each chunk of ``chunk`` rows holds its (chunk, N) squared distances and keeps the pairs
+    j > i; the chunks' log-sum-exps are combined by one more log-sum-exp.
+    """
+    n = z.shape[0]
+    parts = []
+    for start in range(0, n - 1, chunk):
+        rows = z[start : start + chunk]
+        d2 = torch.cdist(rows, z).square()  # (c, N)
+        col = torch.arange(n, device=z.device)
+        upper = col.unsqueeze(0) > (start + torch.arange(rows.shape[0], device=z.device))[:, None]
+        parts.append(torch.logsumexp((-t * d2)[upper], dim=0))
+    return torch.logsumexp(torch.stack(parts), dim=0) - math.log(n * (n - 1) / 2)
 
 
 def align_uniform_loss(
