@@ -39,8 +39,8 @@ cacr_lab's ``losses``, ``models``, ``data`` and ``train`` modules; none of those
 scikit-learn or plotly at import, but ``import cacr_lab`` runs the package's ``__init__``, which
 imports ``cacr_lab.data``, which needs numpy, ``torchvision.ops.roi_align`` and
 ``torchvision.transforms.v2``. Without torchvision neither image pipeline can run: that is
-reported, and the loss benchmark still runs (``losses.py`` and ``models.py`` need only torch and
-are then loaded from their files).
+reported, and the loss benchmark still runs (``cacr_lab.losses`` and ``cacr_lab.models`` need
+only torch and are then imported alone).
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def lab_modules() -> tuple[Any, Any, Any, Any, str]:
     Without torchvision (or numpy) ``data`` and ``train`` are None and the last item says why:
     the package's ``__init__`` imports ``cacr_lab.data``, which imports numpy,
     ``torchvision.ops.roi_align`` and ``torchvision.transforms.v2`` at module level. The loss
-    benchmark still runs: ``losses.py`` and ``models.py`` need only torch, so they are then
-    loaded from their files.
+    benchmark still runs: ``cacr_lab.losses`` and ``cacr_lab.models`` need only torch, and the
+    package's ``__init__`` loads its exports lazily, so they are then imported alone.
     """
     try:
         import torchvision
@@ -133,16 +133,9 @@ def lab_modules() -> tuple[Any, Any, Any, Any, str]:
         return losses, models, data, train, torchvision.__version__
     except Exception as err:  # noqa: BLE001 - any import failure: report it, run what we can
         why = f"{type(err).__name__}: {err}"
-    loaded = []
-    for name in ("losses", "models"):
-        spec = importlib.util.spec_from_file_location(
-            f"_bench_cacr_lab_{name}", ROOT / "cacr_lab" / f"{name}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while being built
-        spec.loader.exec_module(module)
-        loaded.append(module)
-    return loaded[0], loaded[1], None, None, why
+    losses = importlib.import_module("cacr_lab.losses")  # a package: torch only
+    models = importlib.import_module("cacr_lab.models")
+    return losses, models, None, None, why
 
 
 losses, models, cl_data, cl_train, TORCHVISION = lab_modules()
@@ -674,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
         say("#   torchvision.ops.roi_align and torchvision.transforms.v2 at module level")
         say("#   (BatchAugment needs roi_align; the reference needs torchvision's transforms).")
         say(f"#   Carry torchvision (and numpy) wheels matching torch {torch.__version__}.")
-        say("#   Running the loss benchmark only (losses.py loaded from its file).")
+        say("#   Running the loss benchmark only (cacr_lab.losses imported alone).")
         res["image_pipelines"] = f"not run: {TORCHVISION}"
     else:
         data = load_data(args)

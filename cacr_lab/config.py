@@ -28,6 +28,7 @@ from cacr_lab.losses import (  # the option choices are re-exported for the CLI 
     WEIGHTINGS,
     check_choice,
     loss_options,
+    paper_loss_options,
 )
 from cacr_lab.models import ENCODERS, default_encoder
 
@@ -74,18 +75,6 @@ def default(name: str) -> Any:
 IMBALANCE_PROFILES = (None, "linear", "exponential")
 SCHEDULES = ("step", "cosine")
 VIEW_BATCHING = ("separate", "joint")
-
-
-def paper_loss_options(method: str, dataset: str = "cifar10") -> dict[str, Any]:
-    """The released hyper-parameters of a method (REFERENCE.md section 2), else the defaults.
-
-    >>> paper_loss_options("cacr", "cifar100")["tau_neg"]
-    2.0
-    """
-    options = loss_options(method)
-    if method == "cacr":
-        options.update(tau_pos=1.0, tau_neg=2.0 if dataset in ("cifar100", "stl10") else 0.9)
-    return options
 
 
 @dataclass

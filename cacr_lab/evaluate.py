@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import ImageData, center_view, probe_transforms
+from .losses import alignment, uniformity
 
 __all__ = [
     "PROBE_PROTOCOLS",
@@ -478,19 +479,6 @@ def linear_probe_paper(
 # --------------------------------------------------------------------------------------------
 
 
-def _log_mean_exp_pairs(z: torch.Tensor, t: float, chunk: int = 2048) -> float:
-    """``log mean_{i<j} exp(-t ||z_i - z_j||^2)`` for ``z: (N, D)``, chunked over rows."""
-    n = z.shape[0]
-    parts = []
-    for start in range(0, n - 1, chunk):
-        rows = z[start : start + chunk]
-        d2 = torch.cdist(rows, z).square()  # (c, N)
-        col = torch.arange(n, device=z.device)
-        upper = col.unsqueeze(0) > (start + torch.arange(rows.shape[0], device=z.device))[:, None]
-        parts.append(torch.logsumexp((-t * d2)[upper], dim=0))
-    return float(torch.logsumexp(torch.stack(parts), dim=0) - math.log(n * (n - 1) / 2))
-
-
 @torch.no_grad()
 def alignment_uniformity(
     z1: torch.Tensor, z2: torch.Tensor, *, align_alpha: float = 2.0, unif_t: float = 2.0
@@ -516,9 +504,10 @@ def alignment_uniformity(
     if z1.shape[0] < 2:
         raise ValueError(f"need at least 2 samples for uniformity, got N={z1.shape[0]}")
     z1, z2 = z1.double(), z2.double()  # pairwise sums over N^2 terms: keep the precision
-    alignment = (z1 - z2).norm(dim=1).pow(align_alpha).mean()
-    uniformity = (_log_mean_exp_pairs(z1, unif_t) + _log_mean_exp_pairs(z2, unif_t)) / 2
-    return {"alignment": float(alignment), "uniformity": uniformity}
+    # The losses' metrics are the one definition (uniformity: chunked over rows, for large N).
+    align = alignment(z1, z2, align_alpha)
+    unif = (float(uniformity(z1, unif_t)) + float(uniformity(z2, unif_t))) / 2
+    return {"alignment": float(align), "uniformity": unif}
 
 
 @torch.no_grad()

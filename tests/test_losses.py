@@ -275,7 +275,7 @@ def test_fused_loss_scratch_goes_back_after_backward_or_when_the_graph_is_droppe
     """The speed of the fused loss on CPU rests on reusing its scratch (a fresh multi-MB
     buffer costs a page fault per 4 KiB): leased while a graph can still use it, free again
     after the backward, or as soon as an unused graph is dropped."""
-    from cacr_lab import losses
+    from cacr_lab.losses import _cacr_kernel as losses
 
     V, B, D = 3, 7, 5
     P = V * (V - 1) // 2
