@@ -21,15 +21,17 @@ CLI, the notebooks and the dashboard read. What happens, in order:
 
 A non-finite loss stops the run with an error naming the step and the last finite values; the
 last good checkpoint stays. SIGTERM / Ctrl-C stop the run cleanly (state "stopped").
+
+This module tells the story (:class:`Trainer`, :func:`train`); the pieces it uses live beside it:
+:mod:`cacr_lab.train.steps` (device, learning rate, seeded draws, embedding the views),
+:mod:`cacr_lab.train.distributed` (torchrun, DDP) and :mod:`cacr_lab.train.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -38,9 +40,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 
-from cacr_lab._version import __version__
 from cacr_lab.config import TrainConfig
 from cacr_lab.data import (
     DataSplits,
@@ -61,14 +61,23 @@ from cacr_lab.evaluate import (
 )
 from cacr_lab.losses import LOSSES, LossOutput
 from cacr_lab.models import build_encoder, default_encoder
-from cacr_lab.runs import (
-    CONFIG_FILE,
-    RunWriter,
-    atomic_write,
-    checkpoint_path,
-    last_checkpoint,
-    load_run,
+from cacr_lab.runs import RunWriter
+from cacr_lab.train.checkpoint import (
+    checkpoint_state,
+    finished_with,
+    load_checkpoint_config,
+    load_last_checkpoint,
+    write_checkpoint,
 )
+from cacr_lab.train.distributed import (
+    DistInfo,
+    MultiViewEncoder,
+    _NullWriter,
+    gather_views,
+    rank_share,
+    wrap_ddp,
+)
+from cacr_lab.train.steps import _seeded, embed_views, lr_at_epoch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,116 +86,6 @@ class NonFiniteLossError(RuntimeError):
 
 class _StopRequested(Exception):
     pass
-
-
-# --------------------------------------------------------------------------------------------
-# Pieces of the run
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    return torch.device(device)
-
-
-def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
-    """Learning rate during ``epoch`` (0-based).
-
-    step: the reference's x0.1 at epochs 155, 170, 185 of 200, scaled to ``config.epochs``;
-    cosine: half a cosine from the base rate to 0.
-
-    >>> cfg = TrainConfig(epochs=200, batch_size=256)
-    >>> [round(lr_at_epoch(cfg, e), 6) for e in (0, 154, 155, 170, 185)]
-    [0.12, 0.12, 0.012, 0.0012, 0.00012]
-    """
-    base = config.lr if config.lr is not None else 0.12 * config.batch_size / 256
-    if config.schedule == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
-    milestones = [round(m * config.epochs / 200) for m in (155, 170, 185)]
-    return base * 0.1 ** sum(epoch >= m for m in milestones)
-
-
-def embed_views(model: nn.Module, views: torch.Tensor, view_batching: str) -> torch.Tensor:
-    """``views: (V, B, ...)`` -> ``(V, B, D)`` normalised embeddings.
-
-    "separate" runs one forward per view, as the reference does: BatchNorm statistics are then
-    per view. "joint" runs all V*B images in one forward (faster on a GPU; BN statistics mix
-    the views, which changes the training signal slightly).
-    """
-    if view_batching == "joint":
-        z = model(views.flatten(0, 1))
-        return z.view(views.shape[0], views.shape[1], -1)
-    return torch.stack([model(v) for v in views])
-
-
-def _seeded(seed: int, *salt: int, device: torch.device | str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(hash((seed, *salt)) & 0x7FFF_FFFF_FFFF)
-    return g
-
-
-class MultiViewEncoder(nn.Module):
-    """Wraps an encoder so that ``(V, B, ...)`` views -> ``(V, B, D)`` is one module call."""
-
-    def __init__(self, encoder: nn.Module, view_batching: str = "separate"):
-        super().__init__()
-        self.encoder, self.view_batching = encoder, view_batching
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        return embed_views(self.encoder, views, self.view_batching)
-
-
-@dataclass
-class DistInfo:
-    """This process's place in a torchrun job (world_size 1 when not launched by torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> DistInfo:
-        """Read torchrun's variables and join the process group (NCCL on GPUs, else gloo)."""
-        import torch.distributed as dist
-
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-    def device(self, requested: str) -> torch.device:
-        dev = resolve_device(requested)
-        if self.world_size > 1 and dev.type == "cuda":
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return dev
-
-
-def gather_views(z: torch.Tensor) -> torch.Tensor:
-    """``(V, b, D)`` on each of W ranks -> ``(V, W*b, D)``, rank-major along the batch.
-
-    Gradients flow back to every rank's slice (the backward of all_gather sums the ranks'
-    gradients). Every rank computes the same global loss, so each slice receives W times its
-    gradient; DDP's averaging over W ranks then gives exactly the one-process gradient.
-    """
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(z.contiguous()), dim=1)
-
-
-class _NullWriter:
-    """What ranks other than 0 write to: nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
 
 
 @dataclass
@@ -199,7 +98,11 @@ class _Probe:
 
 
 class Trainer:
-    """One pre-training run. Use :func:`train`; the class only keeps the loop readable."""
+    """One pre-training run. Use :func:`train`; the class only keeps the loop readable.
+
+    Built in the story's order (data -> model -> run directory, the optimiser on first use);
+    :meth:`run` then goes epoch by epoch (:meth:`_run_epoch`), step by step (:meth:`_take_step`).
+    """
 
     def __init__(
         self,
@@ -222,14 +125,31 @@ class Trainer:
                 f"{self.dist.world_size} processes"
             )
         self.local_batch = config.batch_size // self.dist.world_size
+        self._load_data(splits)
+        self._build_model()
+        self._open_run_dir(overwrite=overwrite, resume=resume)
+        self.step, self.epoch = 0, 0
+        if resume:
+            self._load_checkpoint()
+        self._stop = False
+        self.last_finite: dict[str, float] = {}
+        # What the loop keeps for its logs (set by run): the progress bar (rank 0, progress=True),
+        # the throughput clock, the values of the last step whose loss was checked.
+        self._bar: Any = None
+        self._t0, self._seen = 0.0, 0
+        self._values: dict[str, float] | None = None
 
-        # data
+    # -- construction: data, model, run directory ---------------------------------------------
+
+    def _load_data(self, splits: DataSplits | None) -> None:
+        """The splits, the pre-training set on the device, the step counts, the probe batch."""
+        config = self.config
         self.splits = splits or load_dataset(
             config.dataset,
             root=config.data_root,
             download=config.download,
             seed=config.seed,
-            progress=progress,
+            progress=self.progress,
         )
         groups = 10 if config.dataset == "cifar100" else None
         self.pretrain: ImageData = make_imbalanced(
@@ -251,11 +171,15 @@ class Trainer:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.probe = self._make_probe()
 
-        # model and optimiser
-        name = config.encoder or default_encoder(config.dataset)
-        in_ch = self.splits.in_channels  # 0 for toy points (the MLP reads image_size as D)
+    def _build_model(self) -> None:
+        """The encoder, the module the loop calls (compiled, DDP-wrapped), the loss, MoCo's keys."""
+        config = self.config
+        self.encoder_name = config.encoder or default_encoder(config.dataset)
         self.model = build_encoder(
-            name, in_channels=in_ch, image_size=self.splits.image_size, feat_dim=config.feat_dim
+            self.encoder_name,
+            in_channels=self.splits.in_channels,  # 0 for toy points (the MLP reads image_size as D)
+            image_size=self.splits.image_size,
+            feat_dim=config.feat_dim,
         ).to(self.device)
         self.image_like = self.pretrain.images.dim() == 4
         if config.channels_last and self.image_like:
@@ -264,14 +188,7 @@ class Trainer:
         # All V views go through one module call, so DDP sees one forward per backward.
         self.forward_model: nn.Module = MultiViewEncoder(encoder, config.view_batching)
         if self.dist.world_size > 1:
-            if config.sync_bn:
-                if self.device.type != "cuda":
-                    raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU path)")
-                self.forward_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.forward_model)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(
-                self.forward_model, device_ids=ids
-            )
+            self.forward_model = wrap_ddp(self.forward_model, self.device, sync_bn=config.sync_bn)
         self.loss_fn = LOSSES[config.method]
         self.loss_kwargs = config.resolved_loss_options()
         self.amp = config.amp and self.device.type == "cuda"
@@ -282,10 +199,12 @@ class Trainer:
             self.key_model = MultiViewEncoder(copy.deepcopy(self.model), config.view_batching)
             self.key_model.requires_grad_(False)
 
-        # run directory
+    def _open_run_dir(self, *, overwrite: bool, resume: bool) -> None:
+        """The resolved config and the writer: rank 0 writes the run directory, the others not."""
+        config = self.config
         self.run_config = config.to_dict() | {
-            "encoder": name,
-            "in_channels": in_ch,
+            "encoder": self.encoder_name,
+            "in_channels": self.splits.in_channels,
             "image_size": self.splits.image_size,
             "n_views": config.n_views,
             "steps_per_epoch": self.steps_per_epoch,
@@ -294,7 +213,6 @@ class Trainer:
             "classes": self.pretrain.classes,
             "device_resolved": str(self.device),
         }
-        # Only rank 0 writes the run directory; the others log nowhere.
         writer_cls = RunWriter if self.dist.rank == 0 else _NullWriter
         self.writer = writer_cls(
             self.run_dir,
@@ -303,11 +221,6 @@ class Trainer:
             resume=resume,
             class_counts=self.counts,
         )
-        self.step, self.epoch = 0, 0
-        if resume:
-            self._load_checkpoint()
-        self._stop = False
-        self.last_finite: dict[str, float] = {}
 
     @functools.cached_property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -321,7 +234,7 @@ class Trainer:
             weight_decay=self.config.weight_decay,
         )
 
-    # -- data ---------------------------------------------------------------------------------
+    # -- the data of a step -------------------------------------------------------------------
 
     def _make_probe(self) -> _Probe:
         test = self.splits.test
@@ -349,16 +262,7 @@ class Trainer:
         processes, this rank's share of it as torch's DistributedSampler deals it."""
         n = len(self.pretrain)
         if self.dist.world_size > 1:
-            sampler = DistributedSampler(
-                range(n),
-                num_replicas=self.dist.world_size,
-                rank=self.dist.rank,
-                shuffle=True,
-                seed=self.config.seed,
-                drop_last=True,
-            )
-            sampler.set_epoch(epoch)
-            return torch.tensor(list(sampler))
+            return rank_share(n, self.dist, seed=self.config.seed, epoch=epoch)
         return torch.randperm(n, generator=_seeded(self.config.seed, 2, epoch))
 
     # -- one step -----------------------------------------------------------------------------
@@ -403,14 +307,32 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
 
+    def maybe_evaluate(self, final: bool = False) -> dict[str, Any]:
+        """Evaluate on rank 0 only (the others go on; DDP's next all-reduce waits for it)."""
+        return self.evaluate(final) if self.dist.rank == 0 else {"knn_acc": 0.0, "probe_acc": 0.0}
+
     @torch.no_grad()
     def evaluate(self, final: bool = False) -> dict[str, Any]:
         """kNN accuracy, alignment/uniformity, weight statistics; a snapshot; probe if final."""
-        cfg, sp = self.config, self.splits
+        sp = self.splits
         self.model.eval()
         kw = dict(mean=sp.mean, std=sp.std, device=self.device, image_size=sp.image_size)
         train_f = extract_features(self.model, sp.train.images, **kw)
         test_f = extract_features(self.model, sp.test.images, **kw)
+        record = self._knn_record(train_f, test_f)
+        out = self._probe_diagnostics(record)
+        if final:
+            probe = linear_probe(train_f, sp.train.labels, test_f, sp.test.labels)
+            record["probe_acc"] = float(probe.accuracy)
+            record["per_class_acc"] = [float(a) for a in probe.per_class]
+        self._snapshot(out, embed(self.model, self.probe.snap_images, **kw))
+        self.writer.log(record)
+        return record
+
+    def _knn_record(self, train_f: torch.Tensor, test_f: torch.Tensor) -> dict[str, Any]:
+        """The eval record's start: kNN accuracy of the test features among the train features
+        (``(N, D)`` each), overall and per class."""
+        cfg, sp = self.config, self.splits
         knn = knn_accuracy(
             train_f,
             sp.train.labels,
@@ -432,9 +354,15 @@ class Trainer:
             record["knn_per_class_acc"] = per_class_accuracy(
                 preds, sp.test.labels, sp.train.num_classes
             )
+        return record
+
+    @torch.no_grad()
+    def _probe_diagnostics(self, record: dict[str, Any]) -> LossOutput:
+        """Adds the probe batch's alignment, uniformity, loss and weight statistics to
+        ``record``; returns the loss output (its weights go into the snapshot)."""
         # Diagnostics on a fixed held-out batch, in the model's eval mode (no BN batch stats).
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            z_probe = embed_views(self.model, self.probe.views, cfg.view_batching)
+            z_probe = embed_views(self.model, self.probe.views, self.config.view_batching)
         out = self.loss_fn(z_probe, **self.loss_kwargs, check_inputs=False).detach()
         z = embed_views(self.model, self.probe.views[:2], "separate")
         record.update(alignment_uniformity(z[0].float(), z[1].float()))
@@ -445,13 +373,12 @@ class Trainer:
         ):
             if w is not None:
                 record.update({prefix + k: v for k, v in weight_stats(w, d2).items()})
-        if final:
-            probe = linear_probe(train_f, sp.train.labels, test_f, sp.test.labels)
-            record["probe_acc"] = float(probe.accuracy)
-            record["per_class_acc"] = [float(a) for a in probe.per_class]
-        # Snapshot: embeddings of a fixed sample + the weights of a few queries.
-        emb = embed(self.model, self.probe.snap_images, **kw)
-        q = cfg.snapshot_queries
+        return out
+
+    def _snapshot(self, out: LossOutput, emb: torch.Tensor) -> None:
+        """Snapshot: ``emb: (n, D)`` embeddings of the fixed sample + the weights of a few
+        queries of the probe batch's loss ``out``."""
+        q = self.config.snapshot_queries
         arrays = {}
         for key in ("pos_weights", "pos_d2", "neg_weights", "neg_d2"):
             t = getattr(out, key)
@@ -460,43 +387,31 @@ class Trainer:
         self.writer.snapshot(
             self.step, self.epoch, emb.float().cpu(), self.probe.snap_labels, **arrays
         )
-        self.writer.log(record)
-        return record
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "run_config": self.run_config,
-            "key_model": None if self.key_model is None else self.key_model.state_dict(),
-            "queue": self.queue,
-            "code_version": __version__,
-        }
-
-    def maybe_evaluate(self, final: bool = False) -> dict[str, Any]:
-        """Evaluate on rank 0 only (the others go on; DDP's next all-reduce waits for it)."""
-        return self.evaluate(final) if self.dist.rank == 0 else {"knn_acc": 0.0, "probe_acc": 0.0}
-
     def save_checkpoint(self) -> None:
+        """``last.pt`` and, every ``checkpoint_every`` epochs and at the last, ``epoch_NNNN.pt``
+        (rank 0 only)."""
         if self.dist.rank != 0:
             return
-        state = self._state()
-        path = checkpoint_path(self.run_dir)
-        # atomic: a kill mid-write leaves the previous last.pt intact
-        atomic_write(path, lambda f: torch.save(state, f))
-        if self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs:
-            atomic_write(checkpoint_path(self.run_dir, self.epoch), lambda f: torch.save(state, f))
+        state = checkpoint_state(
+            model=self.model,
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            step=self.step,
+            config=self.config,
+            run_config=self.run_config,
+            key_model=self.key_model,
+            queue=self.queue,
+        )
+        keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
+        write_checkpoint(self.run_dir, state, keep_epoch=keep)
 
     def _load_checkpoint(self) -> None:
-        path = last_checkpoint(self.run_dir)
-        if path is None:
+        state = load_last_checkpoint(self.run_dir, self.device)
+        if state is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.run_dir}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -522,110 +437,125 @@ class Trainer:
         self.last_finite = values | {"step": self.step}
         return values
 
-    def run(self) -> Path:
-        cfg = self.config
-        old_handler = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
-        bar = None
-        try:
-            self.writer.set_status(
-                "running", step=self.step, epoch=self.epoch, total_steps=self.total_steps
-            )
-            if self.step == 0:
-                self.maybe_evaluate()  # the picture at init: weights start near uniform
-            if self.progress and self.dist.rank == 0:
-                from tqdm.auto import tqdm
+    def _set_status(self, state: str, **extra: Any) -> None:
+        self.writer.set_status(
+            state, step=self.step, epoch=self.epoch, total_steps=self.total_steps, **extra
+        )
 
-                bar = tqdm(
-                    total=self.total_steps,
-                    initial=self.step,
-                    unit="step",
-                    desc=f"{cfg.method} on {cfg.dataset}",
-                    dynamic_ncols=True,
-                )
-            t0, seen = time.perf_counter(), 0
+    def run(self) -> Path:
+        """Train to ``total_steps``; returns the run directory.
+
+        The status follows the run: "running", then "finished"; "stopped" on SIGTERM or Ctrl-C
+        (the last epoch's checkpoint stays); "failed", with the error, on an exception, which
+        is raised again.
+        """
+        old_handler = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
+        try:
+            self._start_run()
             while self.step < self.total_steps:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at_epoch(cfg, self.epoch)
-                # On the device once per epoch: indexing it then needs no host-GPU copy per step.
-                order = self.epoch_order(self.epoch).to(self.device)
-                start = self.step % self.steps_per_epoch
-                for _ in range(start, self.steps_per_epoch):
-                    if self._stop:
-                        raise _StopRequested
-                    out = self.train_step(self.batch_views(self.step, order))
-                    self.step += 1
-                    seen += cfg.batch_size
-                    # On CPU a .item() per step is free; on a GPU only log steps sync the host.
-                    if self.device.type == "cpu" or self.step % cfg.log_every == 0:
-                        values = self._check_finite(out)
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        eta = (self.total_steps - self.step) * cfg.batch_size / max(rate, 1e-9)
-                        self.writer.log(
-                            {
-                                "kind": "train",
-                                "epoch": self.epoch,
-                                "step": self.step,
-                                **values,
-                                "lr": self.optimizer.param_groups[0]["lr"],
-                                "images_per_sec": rate,
-                            }
-                        )
-                        self.writer.set_status(
-                            "running",
-                            step=self.step,
-                            epoch=self.epoch,
-                            total_steps=self.total_steps,
-                            images_per_sec=rate,
-                            eta_sec=eta,
-                        )
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
-                    if bar is not None:
-                        bar.update(1)
-                    if self.step >= self.total_steps:
-                        break
-                if self.step % self.steps_per_epoch == 0:
-                    self.epoch += 1
-                    self.save_checkpoint()
-                    if (
-                        cfg.eval_every
-                        and self.epoch % cfg.eval_every == 0
-                        and self.step < self.total_steps
-                    ):
-                        self.maybe_evaluate()
-            final = self.maybe_evaluate(final=True)
-            if self.step % self.steps_per_epoch:  # stopped mid-epoch by max_steps
-                self.save_checkpoint()
-            self.writer.set_status(
-                "finished", step=self.step, epoch=self.epoch, total_steps=self.total_steps
-            )
-            if bar is not None:
-                bar.close()
-                print(
-                    f"kNN {final['knn_acc']:.3f}  probe {final['probe_acc']:.3f}  -> {self.run_dir}"
-                )
+                self._run_epoch()
+            self._end_run()
             return self.run_dir
         except (_StopRequested, KeyboardInterrupt):
-            self.writer.set_status(
-                "stopped", step=self.step, epoch=self.epoch, total_steps=self.total_steps
-            )
+            self._set_status("stopped")
             return self.run_dir
         except Exception as exc:
-            self.writer.set_status(
-                "failed",
-                step=self.step,
-                epoch=self.epoch,
-                total_steps=self.total_steps,
-                error=str(exc),
-            )
+            self._set_status("failed", error=str(exc))
             raise
         finally:
-            if bar is not None:
-                bar.close()
+            if self._bar is not None:
+                self._bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
             self.writer.close()
+
+    def _start_run(self) -> None:
+        """Status "running", the evaluation at step 0, the progress bar, the throughput clock."""
+        cfg = self.config
+        self._set_status("running")
+        if self.step == 0:
+            self.maybe_evaluate()  # the picture at init: weights start near uniform
+        if self.progress and self.dist.rank == 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.total_steps,
+                initial=self.step,
+                unit="step",
+                desc=f"{cfg.method} on {cfg.dataset}",
+                dynamic_ncols=True,
+            )
+        self._t0, self._seen = time.perf_counter(), 0
+
+    def _run_epoch(self) -> None:
+        """The steps left in the current epoch (all of them unless resumed mid-epoch or cut
+        short by ``max_steps``), then, if it was completed, its end (:meth:`_end_epoch`)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at_epoch(self.config, self.epoch)
+        # On the device once per epoch: indexing it then needs no host-GPU copy per step.
+        order = self.epoch_order(self.epoch).to(self.device)
+        for _ in range(self.step % self.steps_per_epoch, self.steps_per_epoch):
+            if self._stop:
+                raise _StopRequested
+            self._take_step(order)
+            if self.step >= self.total_steps:
+                break
+        if self.step % self.steps_per_epoch == 0:
+            self._end_epoch()
+
+    def _take_step(self, order: torch.Tensor) -> None:
+        """One SGD step on the batch at ``self.step`` of the epoch's ``order``; its train record
+        every ``log_every`` steps and at the last step."""
+        cfg = self.config
+        out = self.train_step(self.batch_views(self.step, order))
+        self.step += 1
+        self._seen += cfg.batch_size
+        # On CPU a .item() per step is free; on a GPU only log steps sync the host.
+        if self.device.type == "cpu" or self.step % cfg.log_every == 0:
+            self._values = self._check_finite(out)
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            self._log_train(self._values)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _log_train(self, values: dict[str, float]) -> None:
+        """A train record (``values``: the loss and its parts) and the status's speed and ETA."""
+        cfg = self.config
+        rate = self._seen / max(time.perf_counter() - self._t0, 1e-9)
+        eta = (self.total_steps - self.step) * cfg.batch_size / max(rate, 1e-9)
+        self.writer.log(
+            {
+                "kind": "train",
+                "epoch": self.epoch,
+                "step": self.step,
+                **values,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_sec": rate,
+            }
+        )
+        self._set_status("running", images_per_sec=rate, eta_sec=eta)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+
+    def _end_epoch(self) -> None:
+        """After a completed epoch: ``last.pt`` (and maybe ``epoch_NNNN.pt``), an evaluation
+        every ``eval_every`` epochs unless this was the last step (the final one follows)."""
+        cfg = self.config
+        self.epoch += 1
+        self.save_checkpoint()
+        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.step < self.total_steps:
+            self.maybe_evaluate()
+
+    def _end_run(self) -> None:
+        """The final evaluation (with the linear probe), a checkpoint if stopped mid-epoch by
+        ``max_steps``, status "finished"."""
+        final = self.maybe_evaluate(final=True)
+        if self.step % self.steps_per_epoch:  # stopped mid-epoch by max_steps
+            self.save_checkpoint()
+        self._set_status("finished")
+        if self._bar is not None:
+            self._bar.close()
+            print(f"kNN {final['knn_acc']:.3f}  probe {final['probe_acc']:.3f}  -> {self.run_dir}")
 
 
 def _main_thread() -> bool:
@@ -668,46 +598,3 @@ def train(
                 stored | {"epochs": config.epochs, "max_steps": config.max_steps}
             )
     return Trainer(config, run_dir, overwrite=overwrite, resume=resume, progress=progress).run()
-
-
-def finished_with(run_dir: str | Path, config: TrainConfig) -> bool:
-    """True when ``run_dir`` holds a finished run trained with exactly ``config``.
-
-    Compares every field of ``config.to_dict()`` with the run's ``config.json`` after the same
-    JSON round trip (tuples come back as lists); a missing or unreadable run is not finished.
-    """
-    if not (Path(run_dir) / CONFIG_FILE).is_file():
-        return False
-    try:
-        run = load_run(run_dir)
-    except ValueError:
-        return False
-    wanted = json.loads(json.dumps(config.to_dict()))
-    return run.status.get("state") == "finished" and all(
-        run.config.get(k) == v for k, v in wanted.items()
-    )
-
-
-def load_checkpoint_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The config stored in the run's last checkpoint, or None when it has none."""
-    path = last_checkpoint(Path(run_dir))
-    if path is None:
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)["config"]
-
-
-def load_encoder(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The encoder of a run's last checkpoint (eval mode) and the run's full config dict."""
-    path = last_checkpoint(Path(run_dir))
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir}: was the run started?")
-    state = torch.load(path, map_location=device, weights_only=True)
-    cfg = state["run_config"]
-    model = build_encoder(
-        cfg["encoder"],
-        in_channels=cfg["in_channels"],
-        image_size=cfg["image_size"],
-        feat_dim=cfg["feat_dim"],
-    )
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg

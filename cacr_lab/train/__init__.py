@@ -1,0 +1,41 @@
+"""Pre-training: ``train(TrainConfig(...), "runs/NAME")`` writes a run directory.
+
+The training story is told in :mod:`cacr_lab.train.trainer`; the package, top to bottom:
+
+- ``trainer``      :func:`train`, :class:`Trainer` (data -> model -> optimiser -> loop -> log),
+                   :class:`NonFiniteLossError`, the stop handling (SIGTERM, Ctrl-C)
+- ``steps``        what every step is made of: :func:`resolve_device`, :func:`lr_at_epoch`,
+                   :func:`embed_views`, the seeded generators
+- ``distributed``  torchrun: :class:`DistInfo`, :class:`MultiViewEncoder` (the module DDP wraps),
+                   :func:`gather_views` (the global batch's negatives)
+- ``checkpoint``   what a checkpoint holds, writing and reading it: :func:`load_encoder`,
+                   :func:`load_checkpoint_config`, :func:`finished_with`
+
+``TrainConfig`` and ``paper_loss_options`` live in :mod:`cacr_lab.config`; they are re-exported
+here so that ``from cacr_lab.train import TrainConfig`` keeps working.
+"""
+
+from __future__ import annotations
+
+from cacr_lab.config import TrainConfig, paper_loss_options
+from cacr_lab.train.checkpoint import finished_with, load_checkpoint_config, load_encoder
+from cacr_lab.train.distributed import DistInfo, MultiViewEncoder, gather_views
+from cacr_lab.train.steps import embed_views, lr_at_epoch, resolve_device
+from cacr_lab.train.trainer import NonFiniteLossError, Trainer, train
+
+__all__ = [
+    "DistInfo",
+    "MultiViewEncoder",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "embed_views",
+    "finished_with",
+    "gather_views",
+    "load_checkpoint_config",
+    "load_encoder",
+    "lr_at_epoch",
+    "paper_loss_options",
+    "resolve_device",
+    "train",
+]
