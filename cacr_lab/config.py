@@ -96,7 +96,7 @@ class TrainConfig:
     schedule: str = "step"  # step: x0.1 at 155/170/185 of 200 epochs (scaled) | cosine
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    imbalance: str | None = None  # None | linear | exponential (REFERENCE.md section 7)
+    imbalance: str | None = None  # None | linear | exponential (docs/method.md §9; not stl10)
     imbalance_seed: int = 0  # which images an imbalanced set keeps
     seed: int = 0  # model init, data order and views
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
@@ -138,6 +138,12 @@ class TrainConfig:
         if self.imbalance in ("none", ""):
             self.imbalance = None
         check_choice("imbalance", self.imbalance, IMBALANCE_PROFILES)
+        if self.imbalance is not None and self.dataset == "stl10":
+            raise ValueError(
+                f"imbalance {self.imbalance!r} is not defined for stl10: it pre-trains on "
+                "train+unlabeled, and its 100,000 unlabeled images have no class to subsample; "
+                "use cifar10, cifar100 or folder:PATH"
+            )
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("view_batching", self.view_batching, VIEW_BATCHING)
         if self.encoder is None:

@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from cacr_lab.data import (
+    UNLABELED,
     BatchAugment,
     ImageData,
     MultiViewDataset,
@@ -92,6 +93,45 @@ def test_missing_torchvision_files_give_a_helpful_error(tmp_path, name):
     assert "\n" not in message
     assert name in message and str(tmp_path) in message
     assert "download=True" in message and "folder:PATH" in message
+
+
+def test_stl10_pretrains_on_train_plus_unlabeled_and_evaluates_on_train_and_test(fake_stl10):
+    """The authors pre-train STL-10 on train+unlabeled and probe train -> test: a fake STL-10
+    in torchvision's binary format (8 train, 12 unlabeled, 6 test) shows which images each
+    split gets."""
+    labels, image_ids = fake_stl10.labels, fake_stl10.image_ids
+    splits = load_dataset("stl10", root=fake_stl10.root)
+    train, test, pretrain = splits.train, splits.test, splits.pretrain
+    assert image_ids(train.images) == list(range(10, 18))
+    assert image_ids(test.images) == list(range(70, 76))
+    # Pre-training: the labelled train images first, then every unlabeled one.
+    assert image_ids(pretrain.images) == list(range(10, 18)) + list(range(40, 52))
+    assert splits.pretraining_set is pretrain
+    assert train.labels.tolist() == labels["train"] and test.labels.tolist() == labels["test"]
+    assert pretrain.labels.tolist() == labels["train"] + [UNLABELED] * 12
+    assert pretrain.classes == train.classes == [f"class{c}" for c in range(10)]
+    # Right way up (pixel (c, h, w) = id + h), stored at 96 px, seen as 64 px crops.
+    assert torch.equal(train.images[0, 2, :, 5], 10 + torch.arange(96, dtype=torch.uint8))
+    assert pretrain.images.shape == (20, 3, 96, 96) and splits.image_size == 64
+    # Normalisation statistics of the pre-training set (as the authors' STL-10 constants are).
+    expected = pretrain.images[:, 0].double().mean().item() / 255
+    assert splits.mean[0] == pytest.approx(expected, rel=1e-9)
+    # The unlabeled images count in no class; an imbalance profile is refused, naming them.
+    assert class_counts(pretrain.labels, 10) == class_counts(train.labels, 10)
+    assert sum(class_counts(pretrain.labels, 10)) == 8
+    assert len(make_imbalanced(pretrain, None)) == 20
+    with pytest.raises(ValueError, match="'linear' needs a class.*12 of 20 are unlabeled"):
+        make_imbalanced(pretrain, "linear")
+
+
+def test_datasets_without_a_pretrain_split_pretrain_on_train(digits):
+    assert digits.pretrain is None and digits.pretraining_set is digits.train
+
+
+def test_class_counts_skips_unlabeled_but_rejects_other_negatives():
+    assert class_counts(torch.tensor([UNLABELED, 1, 1]), 3) == [0, 2, 0]
+    with pytest.raises(ValueError, match=r"\[0, 3\).*-1, unlabeled.*\[-2, 1\]"):
+        class_counts(torch.tensor([-2, 1]), 3)
 
 
 def _write_tree(root, sizes):
