@@ -20,6 +20,7 @@ from cacr_lab.data import (
     imbalance_indices,
     load_dataset,
     make_imbalanced,
+    probe_transforms,
     toy_sphere,
     view_transform,
 )
@@ -318,6 +319,29 @@ def test_batch_augment_is_configured_like_view_transform():
     assert affine.degrees == [-augment.degrees, augment.degrees]
     assert affine.translate == (augment.translate,) * 2 and affine.scale == augment.scale
     assert steps["GaussianNoise"].sigma == augment.noise_sigma
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "scale"),
+    [("cifar10", 32, (0.2, 1.0)), ("cifar100", 32, (0.2, 1.0)), ("folder:x", 32, (0.2, 1.0))]
+    + [("stl10", 64, (0.08, 1.0))],
+)
+def test_probe_train_crop_follows_the_authors_linear_evaluation(name, size, scale):
+    """The paper protocol's train crop: RandomResizedCrop(32, scale 0.2-1) in the authors' CIFAR
+    linear evaluation, RandomResizedCrop(64, scale 0.08-1) in their STL-10 one; then a flip."""
+    train, test = probe_transforms(name, size, (0.5,) * 3, (0.5,) * 3)
+    steps = {type(t).__name__: t for t in train.transforms}
+    crop = steps["RandomResizedCrop"]
+    assert tuple(crop.scale) == scale and tuple(crop.size) == (size, size)
+    assert tuple(crop.ratio) == pytest.approx((3 / 4, 4 / 3))
+    assert steps["RandomHorizontalFlip"].p == 0.5
+    image = torch.randint(
+        0,
+        256,
+        (3, 96 if name == "stl10" else size, 96 if name == "stl10" else size),
+        dtype=torch.uint8,
+    )
+    assert train(image).shape == test(image).shape == (3, size, size)
 
 
 def test_batched_flip_and_grayscale_rates():
