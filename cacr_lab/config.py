@@ -115,8 +115,8 @@ class TrainConfig:
     snapshot_size: int = 512  # held-out images whose embeddings each snapshot stores
     snapshot_queries: int = 64  # queries whose weights each snapshot stores
     max_steps: int | None = None  # stop early (smoke tests); None: epochs * steps_per_epoch
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours of the weighted kNN (InstDisc: 200)
+    knn_temperature: float = 0.07  # divides the cosine similarity in the kNN votes (InstDisc: 0.07)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not (
