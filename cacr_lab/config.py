@@ -23,6 +23,7 @@ from cacr_lab.data import DATASETS
 from cacr_lab.losses import (  # the option choices are re-exported for the CLI and the dashboard
     COSTS,
     LOSSES,
+    MULTIVIEW_FORMS,
     OPTION_HELP,
     WEIGHT_GRADS,
     WEIGHTINGS,
@@ -36,6 +37,7 @@ __all__ = [
     "COSTS",
     "IMBALANCE_PROFILES",
     "LOSSES",
+    "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "RUNS_DIR",
     "RUNS_ENV",

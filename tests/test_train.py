@@ -209,6 +209,7 @@ def test_imbalanced_run_records_its_class_counts(tmp_path):
         ({"device": "tpu"}, "device 'tpu'"),
         ({"lr": -0.1}, "lr.*-0.1"),
         ({"dataset": "stl10", "imbalance": "linear"}, "imbalance 'linear'.*stl10.*unlabeled"),
+        ({"method": "infonce", "loss_options": {"multiview": "full"}}, "multiview 'full'"),
     ],
 )
 def test_config_rejects_bad_values_by_name(kwargs, pattern):
@@ -246,3 +247,15 @@ def test_stl10_pretrains_on_train_plus_unlabeled_and_evaluates_on_train(tmp_path
     final = run.eval_records()[-1]
     assert 0.0 <= final["knn_acc"] <= 1.0 and 0.0 <= final["probe_acc"] <= 1.0
     assert set(latest_snapshot(run.path).labels.tolist()) <= set(fake_stl10.labels["test"])
+
+
+def test_infonce_cmc_form_trains_and_snapshots_its_cross_view_weights(tmp_path):
+    """The "cmc" form's diagnostics (computed on first read) reach the snapshot: B - 1
+    cross-view negatives per query, where the "pairs" form has 2B - 2."""
+    cfg = tiny(method="infonce", loss_options={"multiview": "cmc"}, max_steps=2, positives=2)
+    run = load_run(train(cfg, tmp_path / "cmc", progress=False))
+    assert run.status["state"] == "finished"
+    assert run.config["loss_options"] == {"temperature": 0.5, "multiview": "cmc"}
+    snap = latest_snapshot(run.path)
+    assert snap.neg_weights.shape[1] == 63
+    np.testing.assert_allclose(snap.neg_weights.sum(1), 1.0, atol=1e-5)
