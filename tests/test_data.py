@@ -115,8 +115,9 @@ def test_stl10_pretrains_on_train_plus_unlabeled_and_evaluates_on_train_and_test
     assert torch.equal(train.images[0, 2, :, 5], 10 + torch.arange(96, dtype=torch.uint8))
     assert pretrain.images.shape == (20, 3, 96, 96) and splits.image_size == 64
     # Normalisation statistics of the pre-training set (as the authors' STL-10 constants are).
-    expected = pretrain.images[:, 0].double().mean().item() / 255
-    assert splits.mean[0] == pytest.approx(expected, rel=1e-9)
+    channel = pretrain.images[:, 0].double() / 255
+    assert splits.mean[0] == pytest.approx(channel.mean().item(), rel=1e-9)
+    assert splits.std[0] == pytest.approx(channel.std(correction=0).item(), rel=1e-9)
     # The unlabeled images count in no class; an imbalance profile is refused, naming them.
     assert class_counts(pretrain.labels, 10) == class_counts(train.labels, 10)
     assert sum(class_counts(pretrain.labels, 10)) == 8
