@@ -17,6 +17,7 @@ from cacr_lab.config import (
     COSTS,
     IMBALANCE_PROFILES,
     LOSSES,
+    MULTIVIEW_FORMS,
     OPTION_HELP,
     WEIGHT_GRADS,
     WEIGHTINGS,
@@ -31,7 +32,12 @@ from state import launched, overview  # the page's own module, next to this file
 # The trainer runs a little below the page's priority: on a 2-core laptop the page stays
 # responsive, and training still gets every idle cycle.
 TRAINER_NICE = 5
-CHOICES = {"weighting": WEIGHTINGS, "weight_grad": WEIGHT_GRADS, "cost": COSTS}
+CHOICES = {
+    "weighting": WEIGHTINGS,
+    "weight_grad": WEIGHT_GRADS,
+    "cost": COSTS,
+    "multiview": MULTIVIEW_FORMS,
+}
 DATASET_LABELS = {
     "digits": "digits (embedded, 8×8 → 16×16)",
     "cifar10": "CIFAR-10",

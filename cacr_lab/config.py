@@ -23,6 +23,7 @@ from cacr_lab.data import DATASETS
 from cacr_lab.losses import (  # the option choices are re-exported for the CLI and the dashboard
     COSTS,
     LOSSES,
+    MULTIVIEW_FORMS,
     OPTION_HELP,
     WEIGHT_GRADS,
     WEIGHTINGS,
@@ -36,6 +37,7 @@ __all__ = [
     "COSTS",
     "IMBALANCE_PROFILES",
     "LOSSES",
+    "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "RUNS_DIR",
     "RUNS_ENV",
@@ -96,7 +98,7 @@ class TrainConfig:
     schedule: str = "step"  # step: x0.1 at 155/170/185 of 200 epochs (scaled) | cosine
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    imbalance: str | None = None  # None | linear | exponential (REFERENCE.md section 7)
+    imbalance: str | None = None  # None | linear | exponential (docs/method.md §9; not stl10)
     imbalance_seed: int = 0  # which images an imbalanced set keeps
     seed: int = 0  # model init, data order and views
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
@@ -115,8 +117,8 @@ class TrainConfig:
     snapshot_size: int = 512  # held-out images whose embeddings each snapshot stores
     snapshot_queries: int = 64  # queries whose weights each snapshot stores
     max_steps: int | None = None  # stop early (smoke tests); None: epochs * steps_per_epoch
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours of the weighted kNN (InstDisc: 200)
+    knn_temperature: float = 0.07  # divides the cosine similarity in the kNN votes (InstDisc: 0.07)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not (
@@ -138,6 +140,12 @@ class TrainConfig:
         if self.imbalance in ("none", ""):
             self.imbalance = None
         check_choice("imbalance", self.imbalance, IMBALANCE_PROFILES)
+        if self.imbalance is not None and self.dataset == "stl10":
+            raise ValueError(
+                f"imbalance {self.imbalance!r} is not defined for stl10: it pre-trains on "
+                "train+unlabeled, and its 100,000 unlabeled images have no class to subsample; "
+                "use cifar10, cifar100 or folder:PATH"
+            )
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("view_batching", self.view_batching, VIEW_BATCHING)
         if self.encoder is None:

@@ -194,7 +194,7 @@ def knn_accuracy(
     test_labels: torch.Tensor,
     *,
     k: int = 200,
-    temperature: float = 0.1,
+    temperature: float = 0.07,
     num_classes: int | None = None,
     return_predictions: bool = False,
 ) -> float | tuple[float, torch.Tensor]:
@@ -206,7 +206,8 @@ def knn_accuracy(
     Args:
         train_feats: ``(N, F)``; train_labels: ``(N,) int64``.
         test_feats: ``(M, F)``; test_labels: ``(M,) int64``.
-        k: neighbours (clipped to N). temperature: > 0, divides the similarity.
+        k: neighbours (clipped to N). temperature: > 0, divides the similarity. The defaults
+            are InstDisc's (k = 200, temperature 0.07), the convention of CIFAR kNN numbers.
         num_classes: default ``max label + 1``.
         return_predictions: also return the ``(M,) int64`` predicted classes.
 

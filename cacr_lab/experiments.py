@@ -51,6 +51,9 @@ def evaluate_run(
         sp.train.labels,
         test_f,
         sp.test.labels,
+        # The run's own kNN settings (runs older than the field: the default).
+        k=cfg.get("knn_k", default("knn_k")),
+        temperature=cfg.get("knn_temperature", default("knn_temperature")),
         num_classes=sp.train.num_classes,
         return_predictions=True,
     )

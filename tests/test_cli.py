@@ -58,7 +58,7 @@ def test_module_entry_point_trains_a_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = load_run(run_dir)
     assert run.status["state"] == "finished"
-    assert run.config["loss_options"] == {"temperature": 0.2}
+    assert run.config["loss_options"] == {"temperature": 0.2, "multiview": "pairs"}
 
 
 def test_train_then_eval_prints_and_stores_accuracies(tmp_path, capsys):

@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from cacr_lab.data import (
+    UNLABELED,
     BatchAugment,
     ImageData,
     MultiViewDataset,
@@ -19,6 +20,7 @@ from cacr_lab.data import (
     imbalance_indices,
     load_dataset,
     make_imbalanced,
+    probe_transforms,
     toy_sphere,
     view_transform,
 )
@@ -92,6 +94,46 @@ def test_missing_torchvision_files_give_a_helpful_error(tmp_path, name):
     assert "\n" not in message
     assert name in message and str(tmp_path) in message
     assert "download=True" in message and "folder:PATH" in message
+
+
+def test_stl10_pretrains_on_train_plus_unlabeled_and_evaluates_on_train_and_test(fake_stl10):
+    """The authors pre-train STL-10 on train+unlabeled and probe train -> test: a fake STL-10
+    in torchvision's binary format (8 train, 12 unlabeled, 6 test) shows which images each
+    split gets."""
+    labels, image_ids = fake_stl10.labels, fake_stl10.image_ids
+    splits = load_dataset("stl10", root=fake_stl10.root)
+    train, test, pretrain = splits.train, splits.test, splits.pretrain
+    assert image_ids(train.images) == list(range(10, 18))
+    assert image_ids(test.images) == list(range(70, 76))
+    # Pre-training: the labelled train images first, then every unlabeled one.
+    assert image_ids(pretrain.images) == list(range(10, 18)) + list(range(40, 52))
+    assert splits.pretraining_set is pretrain
+    assert train.labels.tolist() == labels["train"] and test.labels.tolist() == labels["test"]
+    assert pretrain.labels.tolist() == labels["train"] + [UNLABELED] * 12
+    assert pretrain.classes == train.classes == [f"class{c}" for c in range(10)]
+    # Right way up (pixel (c, h, w) = id + h), stored at 96 px, seen as 64 px crops.
+    assert torch.equal(train.images[0, 2, :, 5], 10 + torch.arange(96, dtype=torch.uint8))
+    assert pretrain.images.shape == (20, 3, 96, 96) and splits.image_size == 64
+    # Normalisation statistics of the pre-training set (as the authors' STL-10 constants are).
+    channel = pretrain.images[:, 0].double() / 255
+    assert splits.mean[0] == pytest.approx(channel.mean().item(), rel=1e-9)
+    assert splits.std[0] == pytest.approx(channel.std(correction=0).item(), rel=1e-9)
+    # The unlabeled images count in no class; an imbalance profile is refused, naming them.
+    assert class_counts(pretrain.labels, 10) == class_counts(train.labels, 10)
+    assert sum(class_counts(pretrain.labels, 10)) == 8
+    assert len(make_imbalanced(pretrain, None)) == 20
+    with pytest.raises(ValueError, match="'linear' needs a class.*12 of 20 are unlabeled"):
+        make_imbalanced(pretrain, "linear")
+
+
+def test_datasets_without_a_pretrain_split_pretrain_on_train(digits):
+    assert digits.pretrain is None and digits.pretraining_set is digits.train
+
+
+def test_class_counts_skips_unlabeled_but_rejects_other_negatives():
+    assert class_counts(torch.tensor([UNLABELED, 1, 1]), 3) == [0, 2, 0]
+    with pytest.raises(ValueError, match=r"\[0, 3\).*-1, unlabeled.*\[-2, 1\]"):
+        class_counts(torch.tensor([-2, 1]), 3)
 
 
 def _write_tree(root, sizes):
@@ -278,6 +320,29 @@ def test_batch_augment_is_configured_like_view_transform():
     assert affine.degrees == [-augment.degrees, augment.degrees]
     assert affine.translate == (augment.translate,) * 2 and affine.scale == augment.scale
     assert steps["GaussianNoise"].sigma == augment.noise_sigma
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "scale"),
+    [("cifar10", 32, (0.2, 1.0)), ("cifar100", 32, (0.2, 1.0)), ("folder:x", 32, (0.2, 1.0))]
+    + [("stl10", 64, (0.08, 1.0))],
+)
+def test_probe_train_crop_follows_the_authors_linear_evaluation(name, size, scale):
+    """The paper protocol's train crop: RandomResizedCrop(32, scale 0.2-1) in the authors' CIFAR
+    linear evaluation, RandomResizedCrop(64, scale 0.08-1) in their STL-10 one; then a flip."""
+    train, test = probe_transforms(name, size, (0.5,) * 3, (0.5,) * 3)
+    steps = {type(t).__name__: t for t in train.transforms}
+    crop = steps["RandomResizedCrop"]
+    assert tuple(crop.scale) == scale and tuple(crop.size) == (size, size)
+    assert tuple(crop.ratio) == pytest.approx((3 / 4, 4 / 3))
+    assert steps["RandomHorizontalFlip"].p == 0.5
+    image = torch.randint(
+        0,
+        256,
+        (3, 96 if name == "stl10" else size, 96 if name == "stl10" else size),
+        dtype=torch.uint8,
+    )
+    assert train(image).shape == test(image).shape == (3, size, size)
 
 
 def test_batched_flip_and_grayscale_rates():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cacr_lab.config import TrainConfig
 from cacr_lab.data import ImageData, load_dataset, probe_transforms
 from cacr_lab.evaluate import (
     ProbeResult,
@@ -96,6 +97,19 @@ def test_knn_shuffled_labels_is_near_chance():
         torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(0))
     ]
     assert knn_accuracy(train, shuffled, test, test_labels, k=200) < 0.25 + 0.1
+
+
+def test_knn_default_temperature_is_instdisc_s_007():
+    """One query, a neighbour of class 0 at similarity 1 and two of class 1 at 0.94: the votes
+    exp(s / T) elect class 0 at InstDisc's T = 0.07 (e^(0.06/0.07) = 2.36 > 2) and class 1 at
+    T = 0.1 (e^0.6 = 1.82 < 2)."""
+    c = math.sqrt(1 - 0.94**2)
+    train = torch.tensor([[1.0, 0.0], [0.94, c], [0.94, -c]])
+    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
+    assert knn_accuracy(train, labels, query, torch.tensor([0])) == 1.0
+    assert knn_accuracy(train, labels, query, torch.tensor([0]), temperature=0.07) == 1.0
+    assert knn_accuracy(train, labels, query, torch.tensor([1]), temperature=0.1) == 1.0
+    assert TrainConfig().knn_temperature == 0.07 and TrainConfig().knn_k == 200
 
 
 def test_knn_bad_arguments(clusters):

@@ -184,6 +184,25 @@ def test_cacr_variants_match_loop_reference(shape, options):
     torch.testing.assert_close(out.loss, ca + cr, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("weighting", ["none", "without_w2", "without_w1", "full"])
+def test_cacr_debiasing_acts_in_every_weighting(weighting):
+    """A documented deviation: the authors' code ignores its debiasing when the negatives are
+    uniform ("none", "without_w2"); the lab applies it in every weighting, as the correction
+    does not depend on the weights. Pinned: the option changes the loss, exactly as the loop
+    reference's (R + tau_plus beta d2+) / (1 - tau_plus) says, in value and gradient."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(17))
+    plain = cacr_loss(F.normalize(x, dim=-1), 1.0, 0.9, 1.0, 1.3, weighting)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = cacr_loss(F.normalize(x1, dim=-1), 1.0, 0.9, 1.0, 1.3, weighting, debiased_tau_plus=0.2)
+    ca, cr = ref_cacr(F.normalize(x2, dim=-1), 1.0, 0.9, 1.0, 1.3, weighting, tau_plus=0.2)
+    torch.testing.assert_close(out.repulsion, cr, rtol=0, atol=1e-10)
+    assert abs(float(out.loss.detach() - plain.loss)) > 1e-3
+    torch.testing.assert_close(out.attraction, plain.attraction, rtol=0, atol=0)
+    out.loss.backward()
+    (ca + cr).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("tau_neg", [5.0, 30.0, 200.0])
 def test_fused_repulsion_both_sides_of_the_unshifted_exp_threshold(tau_neg):
     """The fused path skips the max-subtraction of the softmax while exp(2 tau G) cannot

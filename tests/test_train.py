@@ -208,6 +208,8 @@ def test_imbalanced_run_records_its_class_counts(tmp_path):
         ({"imbalance": "steep"}, "imbalance 'steep'"),
         ({"device": "tpu"}, "device 'tpu'"),
         ({"lr": -0.1}, "lr.*-0.1"),
+        ({"dataset": "stl10", "imbalance": "linear"}, "imbalance 'linear'.*stl10.*unlabeled"),
+        ({"method": "infonce", "loss_options": {"multiview": "full"}}, "multiview 'full'"),
     ],
 )
 def test_config_rejects_bad_values_by_name(kwargs, pattern):
@@ -219,3 +221,41 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size 4096 is larger"):
         train(tiny(batch_size=4096), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_stl10_pretrains_on_train_plus_unlabeled_and_evaluates_on_train(tmp_path, fake_stl10):
+    """STL-10 as the authors run it: pre-training draws from train+unlabeled (8 + 12 images of
+    the fake set), the unlabeled images count in no class, and the kNN bank and the probe use
+    the 8 labelled train images (tested against the 6 test images)."""
+    cfg = tiny(
+        dataset="stl10",
+        data_root=str(fake_stl10.root),
+        encoder="small-cnn",
+        batch_size=10,
+        max_steps=2,
+        knn_k=3,
+        snapshot_size=4,
+        positives=1,
+    )
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    assert len(trainer.pretrain) == 20 and trainer.steps_per_epoch == 2
+    assert fake_stl10.image_ids(trainer.images.cpu()) == list(range(10, 18)) + list(range(40, 52))
+    run = load_run(trainer.run())
+    assert run.status["state"] == "finished"
+    assert run.config["pretrain_size"] == 20 and sum(run.config["class_counts"]) == 8
+    assert run.config["image_size"] == 64
+    final = run.eval_records()[-1]
+    assert 0.0 <= final["knn_acc"] <= 1.0 and 0.0 <= final["probe_acc"] <= 1.0
+    assert set(latest_snapshot(run.path).labels.tolist()) <= set(fake_stl10.labels["test"])
+
+
+def test_infonce_cmc_form_trains_and_snapshots_its_cross_view_weights(tmp_path):
+    """The "cmc" form's diagnostics (computed on first read) reach the snapshot: B - 1
+    cross-view negatives per query, where the "pairs" form has 2B - 2."""
+    cfg = tiny(method="infonce", loss_options={"multiview": "cmc"}, max_steps=2, positives=2)
+    run = load_run(train(cfg, tmp_path / "cmc", progress=False))
+    assert run.status["state"] == "finished"
+    assert run.config["loss_options"] == {"temperature": 0.5, "multiview": "cmc"}
+    snap = latest_snapshot(run.path)
+    assert snap.neg_weights.shape[1] == 63
+    np.testing.assert_allclose(snap.neg_weights.sum(1), 1.0, atol=1e-5)

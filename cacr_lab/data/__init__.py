@@ -3,7 +3,8 @@
 Four modules, in the order a training run needs them (each imports only the ones above it):
 
 - `datasets`: loading. `load_dataset` returns a `DataSplits` of two in-memory `ImageData`
-  (``train``, ``test``) and the normalisation statistics; `DATASETS` names what it reads
+  (``train``, ``test``; STL-10 also ``pretrain``, train+unlabeled, whose unlabeled images carry
+  the label `UNLABELED`) and the normalisation statistics; `DATASETS` names what it reads
   (digits, CIFAR-10/100, STL-10, ``folder:PATH``, toy points); `toy_sphere`, `stratified_split`.
 - `views` (REFERENCE.md section 6): `VIEW_RECIPES`, the one table of each dataset family's
   view recipe, and the per-image pipelines read from it: `view_transform` (through
@@ -22,6 +23,7 @@ from .augment import BatchAugment, batch_augment_for
 from .datasets import (
     DATASETS,
     IMAGE_EXTENSIONS,
+    UNLABELED,
     DataSplits,
     ImageData,
     load_dataset,
@@ -44,6 +46,7 @@ __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "IMBALANCE_PROFILES",
+    "UNLABELED",
     "VIEW_RECIPES",
     "BatchAugment",
     "DataSplits",

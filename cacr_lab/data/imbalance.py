@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .datasets import ImageData, _indices_by_class
+from .datasets import UNLABELED, ImageData, _indices_by_class
 
 __all__ = ["IMBALANCE_PROFILES", "class_counts", "imbalance_indices", "make_imbalanced"]
 
@@ -20,14 +20,17 @@ IMBALANCE_PROFILES = ("none", "linear", "exponential")
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
-    """Number of samples per class; ``labels: (N,) int64`` in ``[0, num_classes)``.
+    """Number of samples per class; ``labels: (N,) int64`` in ``[0, num_classes)``, or
+    `UNLABELED` (-1) for an image without a class, which no class counts (STL-10's pre-training
+    set: the counts sum to its 5,000 labelled images, not to its 105,000).
 
-    >>> class_counts(torch.tensor([0, 2, 2]), 4)
+    >>> class_counts(torch.tensor([0, 2, 2, -1]), 4)
     [1, 0, 2, 0]
     """
+    labels = labels[labels != UNLABELED]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range "
+            f"labels must lie in [0, {num_classes}) (or be {UNLABELED}, unlabeled), got range "
             f"[{int(labels.min())}, {int(labels.max())}]"
         )
     return torch.bincount(labels.long(), minlength=num_classes).tolist()
@@ -64,6 +67,10 @@ def imbalance_indices(
     multiple of G): class c gets the value of group ``c // (C / G)`` and C becomes G (CIFAR-100
     uses ``groups=10``).
 
+    A profile needs a class for every image: labels with unlabeled images (`UNLABELED`, e.g.
+    STL-10's train+unlabeled pre-training set) are refused with a ValueError, since a per-class
+    profile says nothing about images without a class (no profile keeps everything, as always).
+
     Args:
         labels: ``(N,) int64`` class indices.
         num_classes: C; default ``labels.max() + 1`` (pass it when the last class may be absent).
@@ -79,6 +86,14 @@ def imbalance_indices(
         )
     if labels.numel() == 0:
         return torch.arange(0)
+    n_unlabeled = int((labels == UNLABELED).sum())
+    if n_unlabeled:
+        raise ValueError(
+            f"imbalance profile {profile!r} needs a class for every image, but {n_unlabeled} of "
+            f"{len(labels)} are unlabeled (label {UNLABELED}, e.g. STL-10's train+unlabeled "
+            "pre-training set): a class-imbalanced subset is not defined for them; use a "
+            "labelled dataset (cifar10, cifar100, folder:PATH) or no profile"
+        )
     needed = int(labels.max()) + 1
     if num_classes is None:
         num_classes = needed

@@ -22,13 +22,14 @@ The package, bottom to top (each module imports only those above it in this list
 - ``_cacr_kernel``: CACR's fused autograd Functions (``_CACR``, ``_Attraction``) with
   closed-form backwards, and the CPU scratch buffers they lease.
 - ``cacr``: :func:`cacr_loss`, its fused default path and its generic (plain autograd) path.
-- ``infonce``: :func:`info_nce_loss`, :func:`hard_negative_loss`, :func:`debiased_loss`.
+- ``infonce``: :func:`info_nce_loss`, :func:`hard_negative_loss`, :func:`debiased_loss`, each in
+  two multi-view forms (``MULTIVIEW_FORMS``: per view pair, averaged; CMC's full graph, summed).
 - ``align_uniform``: :func:`alignment`, :func:`uniformity` (also the evaluation's metrics) and
   :func:`align_uniform_loss`.
 - ``moco``: :func:`moco_cacr_loss`, CACR's large-scale MoCo-style form.
 - ``registry``: ``LOSSES`` (method name -> loss), ``loss_options``, ``OPTION_HELP``,
   ``paper_loss_options`` and the option vocabularies (``WEIGHTINGS``, ``WEIGHT_GRADS``,
-  ``COSTS``, ``PART_NAMES``).
+  ``COSTS``, ``MULTIVIEW_FORMS``, ``PART_NAMES``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 from .align_uniform import align_uniform_loss, alignment, uniformity
 from .base import PART_NAMES, LossOutput, check_choice, pair_indices
 from .cacr import COSTS, WEIGHT_GRADS, WEIGHTINGS, cacr_loss
-from .infonce import debiased_loss, hard_negative_loss, info_nce_loss
+from .infonce import MULTIVIEW_FORMS, debiased_loss, hard_negative_loss, info_nce_loss
 from .moco import moco_cacr_loss
 from .registry import LOSSES, OPTION_HELP, loss_options, paper_loss_options
 
@@ -44,6 +45,7 @@ __all__ = [
     "COSTS",
     "LOSSES",
     "LossOutput",
+    "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "PART_NAMES",
     "WEIGHTINGS",

@@ -59,7 +59,8 @@ class LossOutput:
     - ``neg_weights``, ``neg_d2``: for CACR (P, B, B-1) with P = V(V-1)/2 view pairs in the order
       of ``itertools.combinations(range(V), 2)``: pi_neg of query i of view v over the samples
       j != i of view w (``symmetric=True``: (V, B, V(B-1)), all other images in all views). For
-      InfoNCE-style losses the implicit softmax weights over negatives, (P, 2B, 2B-2).
+      InfoNCE-style losses the implicit softmax weights over negatives, (P, 2B, 2B-2); with
+      ``multiview="cmc"`` (V(V-1), B, B-1), the ordered pairs v != w, v-major.
       CACR's default path computes them when they are first read (a training step never does).
     """
 

@@ -94,7 +94,10 @@ def cacr_loss(
             per query: (R + tau_plus * beta * d2(x, x^+)) / (1 - tau_plus), R the weighted
             repulsion and x^+ the query's positive in the other view of the pair (symmetric: the
             mean over its K positives). This is the *correct* sign; the reference code flips the
-            sign of the positive term (pushing the positive away). Euclidean cost only.
+            sign of the positive term (pushing the positive away). It acts in every
+            ``weighting``, also "none" and "without_w2" (R then uses uniform pi_neg), where the
+            reference code silently ignores it: a deviation, since the correction does not
+            depend on the weights (docs/method.md §3.3). Euclidean cost only.
         symmetric: False (default, reference pairing). True: every query uses as negatives all
             views of all other images (both directions, same-view too; SimCLR-style 2B - 2 for
             V = 2); an improvement option, not the paper's pairing.

@@ -3,8 +3,9 @@
 ``LOSSES`` maps the method name used everywhere (CLI ``--method``, ``config.json``, figure
 legends) to its loss; ``loss_options`` reads a method's options off its signature,
 ``OPTION_HELP`` explains each in one line, and ``paper_loss_options`` gives the released values.
-``WEIGHTINGS``, ``WEIGHT_GRADS``, ``COSTS`` (CACR's choices) and ``PART_NAMES`` (the scalar parts
-a :class:`LossOutput` may carry) are the vocabulary the CLI and the dashboard offer.
+``WEIGHTINGS``, ``WEIGHT_GRADS``, ``COSTS`` (CACR's choices), ``MULTIVIEW_FORMS`` (the InfoNCE
+family's) and ``PART_NAMES`` (the scalar parts a :class:`LossOutput` may carry) are the
+vocabulary the CLI and the dashboard offer.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 from .align_uniform import align_uniform_loss
 from .base import PART_NAMES, LossOutput
 from .cacr import COSTS, WEIGHT_GRADS, WEIGHTINGS, cacr_loss
-from .infonce import debiased_loss, hard_negative_loss, info_nce_loss
+from .infonce import MULTIVIEW_FORMS, debiased_loss, hard_negative_loss, info_nce_loss
 from .moco import moco_cacr_loss
 
 __all__ = [
     "COSTS",
     "LOSSES",
+    "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "PART_NAMES",
     "WEIGHTINGS",
@@ -57,6 +59,9 @@ OPTION_HELP: dict[str, str] = {
     "symmetric": "CACR: negatives from all views in both directions (not the paper's pairing)",
     "temperature": "InfoNCE/MoCo temperature dividing the similarity (SimCLR 0.5, MoCo v3 0.2)",
     "tau_plus": "class prior of HN-CL / DCL (paper 0.1)",
+    "multiview": "InfoNCE/HN-CL/DCL views: pairs (per view pair v<w, both views' negatives, "
+    "averaged; SimCLR at V=2) | cmc (CMC full graph: per ordered pair, cross-view negatives "
+    "only, summed)",
     "align_alpha": "AU-CL alignment exponent (paper 2)",
     "unif_t": "AU-CL uniformity kernel t (paper 2)",
     "unif_weight": "AU-CL weight of the uniformity term (paper 1)",
@@ -67,7 +72,7 @@ def loss_options(method: str) -> dict[str, object]:
     """The tunable options of a registered loss with their defaults.
 
     >>> loss_options("infonce")
-    {'temperature': 0.5}
+    {'temperature': 0.5, 'multiview': 'pairs'}
     """
     if method not in LOSSES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")

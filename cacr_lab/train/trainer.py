@@ -5,9 +5,9 @@
 CLI, the notebooks and the dashboard read. What happens, in order:
 
 1. The dataset is loaded into memory (:func:`cacr_lab.data.load_dataset`); the pre-training set
-   is the train split, made imbalanced when asked (REFERENCE.md section 7). Evaluation always
-   uses the balanced train split as the kNN bank / probe training set and the held-out split as
-   the test set.
+   is ``DataSplits.pretraining_set`` (the train split; STL-10: train+unlabeled), made imbalanced
+   when asked (docs/method.md §9). Evaluation always uses the balanced, labelled train split as
+   the kNN bank / probe training set and the held-out split as the test set.
 2. Every step draws a batch, makes V = K + 1 views of it with the batched augmentation on the
    training device (:class:`cacr_lab.data.BatchAugment`), embeds each view (``view_batching``),
    and takes an SGD step on the loss. The data order and the views are drawn from generators
@@ -153,7 +153,7 @@ class Trainer:
         )
         groups = 10 if config.dataset == "cifar100" else None
         self.pretrain: ImageData = make_imbalanced(
-            self.splits.train, config.imbalance, seed=config.imbalance_seed, groups=groups
+            self.splits.pretraining_set, config.imbalance, seed=config.imbalance_seed, groups=groups
         )
         if len(self.pretrain) < config.batch_size:
             raise ValueError(
