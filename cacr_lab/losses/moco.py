@@ -104,8 +104,12 @@ def moco_cacr_loss(
         )
     T = float(temperature)
     with _no_autocast(q.device):
-        others = _other_views(A, V, q.device)  # (A, K): the query views j != a of each anchor
-        sims = torch.einsum("ajbd,acd->ajbc", q[others], k.to(q.dtype))  # (A, K, B, B)
+        B, D = q.shape[1:]
+        # (A, K, B, D): each anchor's query views j != a. A one-hot matmul, not q[index]: the
+        # backward of an index with repeats accumulates in a thread-dependent order on CPU,
+        # and resumed runs must be bit-exact.
+        qa = (_other_views(A, V, q.device, q.dtype) @ q.reshape(V, B * D)).view(A, V - 1, B, D)
+        sims = torch.einsum("ajbd,acd->ajbc", qa, k.to(q.dtype))  # (A, K, B, B)
         own = sims.diagonal(dim1=-2, dim2=-1)  # (A, K, B): q_jn . k_an
         d2_pos = 2.0 - 2.0 * own
         with torch.no_grad():
@@ -148,15 +152,15 @@ def _check_keys(keys: Tensor | Sequence[Tensor], q: Tensor, check_values: bool) 
     return k
 
 
-def _other_views(A: int, V: int, device: torch.device) -> Tensor:
-    """(A, V - 1) long: for anchor a, the views j != a in increasing order.
+def _other_views(A: int, V: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(A * (V - 1), V) one-hot rows: for anchor a, the views j != a in increasing order.
 
-    >>> _other_views(2, 4, torch.device("cpu")).tolist()
+    >>> _other_views(2, 4, torch.device("cpu"), torch.float32).argmax(1).view(2, 3).tolist()
     [[1, 2, 3], [0, 2, 3]]
     """
     j = torch.arange(V, device=device)
     keep = j.unsqueeze(0) != torch.arange(A, device=device).unsqueeze(1)  # (A, V)
-    return j.expand(A, V)[keep].view(A, V - 1)
+    return torch.eye(V, device=device, dtype=dtype)[j.expand(A, V)[keep]]
 
 
 def _negative_weights(sims: Tensor, T: float) -> Tensor:
