@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from cacr_lab.data import DATASETS
+from cacr_lab.data import DATASETS, view_recipe
 from cacr_lab.losses import (  # the option choices are re-exported for the CLI and the dashboard
     COSTS,
     LOSSES,
+    MULTICROP,
     MULTIVIEW_FORMS,
     OPTION_HELP,
     WEIGHT_GRADS,
@@ -37,6 +38,8 @@ __all__ = [
     "COSTS",
     "IMBALANCE_PROFILES",
     "LOSSES",
+    "MOMENTUM_SCHEDULES",
+    "MULTICROP",
     "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "RUNS_DIR",
@@ -75,6 +78,8 @@ def default(name: str) -> Any:
 
 
 IMBALANCE_PROFILES = (None, "linear", "exponential")
+MOMENTUM_SCHEDULES = ("constant", "cosine")  # moco_momentum_schedule
+LOCAL_CROP_ENCODERS = ("resnet18", "small-cnn")  # SmallAlexNet's fc6 fixes its input size
 SCHEDULES = ("step", "cosine")
 VIEW_BATCHING = ("separate", "joint")
 
@@ -106,8 +111,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoder
     channels_last: bool = True  # memory format of images and conv weights
     view_batching: str = "separate"  # separate: one forward per view (reference, BN per view)
-    moco_momentum: float = 0.99  # method moco: EMA rate of the key (momentum) encoder
-    moco_queue: int = 0  # method moco: past keys kept as extra negatives (MoCo v3: 0)
+    # Method moco (docs/method.md §6): EMA rate of the momentum (key) encoder (authors: 0.99;
+    # their ResNet-50 command 0.996 with "cosine": raised toward 1 on a half-cosine over training)
+    moco_momentum: float = 0.99
+    moco_momentum_schedule: str = "constant"  # constant | cosine
+    moco_local_crops: int = 0  # small local crops per image, online branch only (authors: 8 or 0)
+    moco_multicrop: str = "light"  # light: local crops only as queries | full: also anchors
     sync_bn: bool = False  # several GPUs: BatchNorm statistics over the global batch (CUDA only)
     data_root: str = "data"  # where torchvision datasets live
     download: bool = False  # let torchvision download (needs network)
@@ -163,9 +172,7 @@ class TrainConfig:
         _int_at_least("knn_k", self.knn_k, 1)
         if self.max_steps is not None:
             _int_at_least("max_steps", self.max_steps, 1)
-        _int_at_least("moco_queue", self.moco_queue, 0)
-        if not 0.0 <= self.moco_momentum < 1.0:
-            raise ValueError(f"moco_momentum must be in [0, 1); got {self.moco_momentum!r}")
+        self._check_moco()
         for name in ("momentum", "weight_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -184,6 +191,31 @@ class TrainConfig:
         # Let the loss validate its own options now, not at the first step.
         probe = torch.nn.functional.normalize(torch.randn(2, 2, 3), dim=-1)
         LOSSES[self.method](probe, **self.resolved_loss_options())
+
+    def _check_moco(self) -> None:
+        """The moco fields; local crops need method moco, crop views and a size-free encoder."""
+        if not 0.0 <= self.moco_momentum < 1.0:
+            raise ValueError(f"moco_momentum must be in [0, 1); got {self.moco_momentum!r}")
+        check_choice("moco_momentum_schedule", self.moco_momentum_schedule, MOMENTUM_SCHEDULES)
+        check_choice("moco_multicrop", self.moco_multicrop, MULTICROP)
+        _int_at_least("moco_local_crops", self.moco_local_crops, 0)
+        if not self.moco_local_crops:
+            return
+        if self.method != "moco":
+            raise ValueError(
+                f"moco_local_crops={self.moco_local_crops} applies to method 'moco' only; "
+                f"got method {self.method!r}"
+            )
+        if view_recipe(self.dataset).kind != "crop":
+            raise ValueError(
+                f"moco_local_crops needs cropped views (cifar10, cifar100, stl10, folder:PATH); "
+                f"dataset {self.dataset!r} has none"
+            )
+        if self.encoder not in LOCAL_CROP_ENCODERS:
+            raise ValueError(
+                f"moco_local_crops needs an encoder that takes any image size "
+                f"({', '.join(LOCAL_CROP_ENCODERS)}); {self.encoder!r} takes only its own"
+            )
 
     def resolved_loss_options(self) -> dict[str, Any]:
         """The paper's options for this method and dataset, overridden by ``loss_options``."""

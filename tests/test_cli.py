@@ -81,12 +81,16 @@ def test_every_training_flag_reaches_the_run_config(tmp_path, capsys):
         *TINY,
         "--method",
         "moco",
-        "--moco-queue",
-        "50",
         "--moco-momentum",
         "0.9",
+        "--moco-momentum-schedule",
+        "cosine",
+        "--moco-multicrop",
+        "full",
         "--temperature",
         "0.3",
+        "--cost",
+        "euclidean",
         "--positives",
         "2",
         "--view-batching",
@@ -102,17 +106,26 @@ def test_every_training_flag_reaches_the_run_config(tmp_path, capsys):
     )
     assert code == 0, err
     cfg = load_run(run_dir).config
-    assert (cfg["moco_queue"], cfg["moco_momentum"], cfg["loss_options"]["temperature"]) == (
-        50,
-        0.9,
-        0.3,
-    )
+    moco = ("moco_momentum", "moco_momentum_schedule", "moco_multicrop", "moco_local_crops")
+    assert tuple(cfg[k] for k in moco) == (0.9, "cosine", "full", 0)
+    assert cfg["loss_options"] == {"temperature": 0.3, "cost": "euclidean"}
+    assert "moco_queue" not in cfg
     assert (cfg["positives"], cfg["view_batching"], cfg["schedule"], cfg["lr"]) == (
         2,
         "joint",
         "cosine",
         0.05,
     )
+
+
+def test_moco_flags_default_to_the_config_fields():
+    from cacr_lab.cli import build_parser
+    from cacr_lab.config import default
+
+    args = build_parser().parse_args(["train", "--method", "moco"])
+    for name in ("moco_momentum", "moco_momentum_schedule", "moco_local_crops", "moco_multicrop"):
+        assert getattr(args, name) == default(name)
+    assert (default("moco_momentum"), default("moco_momentum_schedule")) == (0.99, "constant")
 
 
 def test_paper_protocol_eval_runs_on_a_tiny_budget(tmp_path, capsys):
@@ -181,6 +194,14 @@ def _unreadable_folder(tmp_path: Path) -> Path:
         (["train", "--method", "infonce", "--temperature", "0"], "temperature.*0"),
         (["train", "--batch-size", "1"], "batch_size must be an integer >= 2; got 1"),
         (["train", "--temperature", "0.5"], "--temperature do.*not apply to method 'cacr'"),
+        (["train", "--method", "moco", "--moco-multicrop", "half"], "moco_multicrop 'half'"),
+        (
+            ["train", "--method", "moco", "--moco-momentum-schedule", "step"],
+            "moco_momentum_schedule 'step'.*constant, cosine",
+        ),
+        (["train", "--method", "moco", "--moco-local-crops", "2"], "cropped views.*'digits'"),
+        (["train", "--moco-local-crops", "2"], "moco_local_crops=2 applies to method 'moco'"),
+        (["train", "--moco-queue", "10"], "unrecognized arguments: --moco-queue"),
         (["train", "--dataset", "folder:/nonexistent/x"], "/nonexistent/x"),
         (["train", "--epochs", "two"], "invalid int value: 'two'"),
         (["compare", "--methods", "cacr,byol", "--out", "x"], "unknown method.*byol"),

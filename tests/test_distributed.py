@@ -22,7 +22,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+def _two_ranks_and_reference(tmp_path: Path, method: str) -> list[str]:
+    """Run the worker as 2 gloo ranks, then as the one-process reference on their global batch;
+    returns the ranks' result files (the reference's is ``one.pt``)."""
     port = _free_port()
     env = os.environ | {
         "PYTHONPATH": str(ROOT),
@@ -30,6 +32,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         "MASTER_PORT": str(port),
         "WORLD_SIZE": "2",
         "OMP_NUM_THREADS": "1",
+        "CACR_DDP_METHOD": method,
     }
     procs = [
         subprocess.Popen(
@@ -51,7 +54,11 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         check=True,
         timeout=240,
     )
+    return ranks
 
+
+def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    ranks = _two_ranks_and_reference(tmp_path, "cacr")
     one = torch.load(tmp_path / "one.pt")
     r0, r1 = (torch.load(f) for f in ranks)
     assert r0["views"].shape[1] == 8 and one["views"].shape[1] == 16
@@ -63,6 +70,25 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(r1["grads"][name], g, rtol=1e-5, atol=1e-6)
     # Only rank 0 wrote the run directory.
     assert (tmp_path / "ddp" / "config.json").exists()
+
+
+def test_moco_ranks_compute_the_loss_of_the_gathered_predictions_and_keys(tmp_path):
+    """Method moco under DDP: the keys (and predictions) of both ranks are gathered, so the
+    global batch is every query's negatives, and both ranks compute that one global loss."""
+    from cacr_lab.losses import moco_cacr_loss
+
+    ranks = _two_ranks_and_reference(tmp_path, "moco")
+    one = torch.load(tmp_path / "one.pt")
+    r0, r1 = (torch.load(f) for f in ranks)
+    assert r0["q"].shape == r0["k"].shape == (3, 8, 128)  # V = 3 views, b = 8 per rank
+    torch.testing.assert_close(r0["loss"], one["loss"])
+    torch.testing.assert_close(r1["loss"], one["loss"])
+    # Not merely each rank's own batch: that loss differs.
+    own = moco_cacr_loss(r0["q"], temperature=0.5, keys=r0["k"]).loss
+    assert (own - one["loss"]).abs() > 1e-4
+    assert set(r0["grads"]) > {"predictor.0.weight", "predictor.3.weight"}
+    for name, g in r0["grads"].items():
+        torch.testing.assert_close(r1["grads"][name], g)  # DDP's all-reduce
 
 
 def test_torchrun_trains_and_rank0_writes_one_run(tmp_path):

@@ -704,65 +704,176 @@ def test_metric_guards():
 
 
 # --------------------------------------------------------------------------------------------
-# MoCo-style large-scale form
+# The large-scale form (moco): the authors' ImageNet code on MoCo v3
 # --------------------------------------------------------------------------------------------
 
 
-def moco_v3_ctr(q, k, T, queue=None):
-    """MoCo v3's contrastive_loss (one GPU): CE over q.k / T with the batch keys, times 2T;
-    a queue adds columns of negatives as in MoCo v1/v2."""
-    logits = q @ k.T / T
-    if queue is not None:
-        logits = torch.cat([logits, q @ queue.T / T], dim=1)
-    return F.cross_entropy(logits, torch.arange(len(q))) * 2 * T
+def ref_moco(q, k, T, cost, multicrop="light", attached=False):
+    """One anchor, one query view, one sample at a time, from docs/method.md section 6.
+
+    q: (V, B, D) predictions, k: (G, B, D) keys of views[:G]. ``attached=True`` lets the gradient
+    through the weights p (and the euclidean CR softmax), which the real loss must not do.
+    """
+    V, B, _ = q.shape
+    anchors = range(V) if multicrop == "full" else range(k.shape[0])
+    maybe = (lambda t: t) if attached else (lambda t: t.detach())  # noqa: E731
+    total = 0.0
+    for a in anchors:
+        js = [j for j in range(V) if j != a]
+        loss_a = 0.0
+        for n in range(B):
+            d2 = [((q[j, n] - k[a, n]) ** 2).sum() for j in js]
+            p = softmax_list([maybe(d) / T for d in d2])
+            for pj, j in zip(p, js):
+                if cost == "rbf":
+                    logits = torch.stack([q[j, n] @ k[a, m] / T for m in range(B)])
+                    ce = -(logits[n] - torch.logsumexp(logits, 0))
+                    loss_a = loss_a + pj * ce * 2 * T / B
+                else:
+                    c = [1 - q[j, n] @ k[a, m] for m in range(B)]
+                    negs = [c[m] for m in range(B) if m != n]
+                    w = softmax_list([-maybe(cm) / T for cm in negs])
+                    cr = -sum(wm * cm for wm, cm in zip(w, negs))
+                    loss_a = loss_a + pj * (c[n] + cr) / B
+        total = total + loss_a
+    return total / len(anchors)
 
 
-def test_moco_form_with_one_positive_key_is_moco_v3():
+def moco_v3_ctr(q, k, T):
+    """MoCo v3's contrastive_loss on one GPU: cross-entropy of q.k / T over the keys, * 2T."""
+    return F.cross_entropy(q @ k.T / T, torch.arange(len(q))) * 2 * T
+
+
+MOCO_CASES = [  # (V, G, multicrop): G global views with keys, V - G local crops
+    (2, 2, "light"),
+    (3, 3, "light"),
+    (4, 2, "light"),
+    (5, 2, "light"),
+    (4, 4, "full"),
+    (5, 5, "full"),
+]
+
+
+@pytest.mark.parametrize("cost", ["rbf", "euclidean"])
+@pytest.mark.parametrize("V,G,multicrop", MOCO_CASES)
+def test_moco_matches_loop_reference_with_gradients(cost, V, G, multicrop):
+    for T, seed in ((1.0, 0), (0.2, 1), (0.5, 2)):
+        x = torch.randn(V, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        x.requires_grad_(True)
+        k = unit(G, 5, 6, seed=seed + 10)
+        out = moco_cacr_loss(F.normalize(x, dim=-1), T, cost, keys=k, multicrop=multicrop)
+        ref = ref_moco(F.normalize(x, dim=-1), k, T, cost, multicrop)
+        torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out.attraction + out.repulsion, out.loss)
+        (g,) = torch.autograd.grad(out.loss, x)
+        (g_ref,) = torch.autograd.grad(ref, x)
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("cost", ["rbf", "euclidean"])
+def test_moco_weights_get_no_gradient(cost):
+    """The gradient is the detached-weights reference's, not the attached one's."""
+    x = torch.randn(4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x.requires_grad_(True)
+    k = unit(2, 5, 6, seed=4)
+    q = lambda: F.normalize(x, dim=-1)  # noqa: E731
+    (g,) = torch.autograd.grad(moco_cacr_loss(q(), 0.5, cost, keys=k).loss, x)
+    (g_det,) = torch.autograd.grad(ref_moco(q(), k, 0.5, cost), x)
+    (g_att,) = torch.autograd.grad(ref_moco(q(), k, 0.5, cost, attached=True), x)
+    torch.testing.assert_close(g, g_det, rtol=1e-8, atol=1e-12)
+    assert (g - g_att).abs().max() > 1e-4  # the weights' own gradient would be visible
+    out = moco_cacr_loss(q(), 0.5, cost, keys=k)
+    assert not out.pos_weights.requires_grad and out.pos_weights.grad_fn is None
+
+
+def test_moco_euclidean_cr_softmax_gets_no_gradient():
+    """With one query view (p = 1) only the CR softmax can carry a weight gradient."""
+    x = torch.randn(2, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x.requires_grad_(True)
+    k = unit(2, 6, 4, seed=6)
+    (g,) = torch.autograd.grad(
+        moco_cacr_loss(F.normalize(x, dim=-1), 0.3, "euclidean", keys=k).loss, x
+    )
+    q = F.normalize(x, dim=-1)
+    # By hand: with w = softmax(-c/T) held fixed, CR's gradient is -sum_m w_m dc_m.
+    hand = 0.0
+    for a, j in ((0, 1), (1, 0)):
+        c = 1 - q[j] @ k[a].T  # (B, B)
+        neg = c.masked_fill(torch.eye(6, dtype=torch.bool), float("inf"))
+        w = torch.softmax(-neg.detach() / 0.3, dim=-1)
+        cr = -(w * c.masked_fill(torch.eye(6, dtype=torch.bool), 0.0)).sum(-1)
+        hand = hand + (c.diagonal() + cr).mean() / 2
+    (g_hand,) = torch.autograd.grad(hand, x)
+    torch.testing.assert_close(g, g_hand, rtol=1e-8, atol=1e-12)
+
+
+def test_moco_two_views_rbf_is_moco_v3_symmetric_loss_over_two():
     q, k = unit(2, 8, 16, seed=21), unit(2, 8, 16, seed=22)
-    queue = unit(20, 16, seed=23)
     for T in (0.1, 0.2, 1.0):
         out = moco_cacr_loss(q, temperature=T, keys=k)
-        expected = moco_v3_ctr(q[0], k[1], T) + moco_v3_ctr(q[1], k[0], T)
-        torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-10)
-        torch.testing.assert_close(out.loss, out.attraction + out.repulsion)
-        with_queue = moco_cacr_loss(q, temperature=T, keys=k, queue=queue)
-        expected_q = moco_v3_ctr(q[0], k[1], T, queue) + moco_v3_ctr(q[1], k[0], T, queue)
-        torch.testing.assert_close(with_queue.loss, expected_q, rtol=0, atol=1e-10)
-    # An empty queue is no queue.
-    torch.testing.assert_close(
-        moco_cacr_loss(q, keys=k, queue=queue[:0]).loss, moco_cacr_loss(q, keys=k).loss
-    )
+        symmetric = moco_v3_ctr(q[0], k[1], T) + moco_v3_ctr(q[1], k[0], T)
+        torch.testing.assert_close(out.loss, symmetric / 2, rtol=0, atol=1e-12)
+        torch.testing.assert_close(out.pos_weights, torch.ones(2, 8, 1, dtype=torch.float64))
 
 
-def test_moco_form_weights_positive_keys_by_distance():
-    q, k = unit(4, 6, 8, seed=24), unit(4, 6, 8, seed=25)
-    out = moco_cacr_loss(q, keys=k, tau_pos=5.0)
-    assert out.pos_weights.shape == (4, 6, 3) and out.neg_weights.shape == (4, 6, 3, 5)
-    d2 = torch.stack(
-        [
-            torch.stack([((q[v, i] - k[w, i]) ** 2).sum() for w in range(4) if w != v])
-            for v in range(4)
-            for i in range(6)
-        ]
-    ).view(4, 6, 3)
-    torch.testing.assert_close(out.pos_d2, d2)
-    torch.testing.assert_close(out.pos_weights, torch.softmax(5.0 * d2, -1))
+def test_moco_weight_tensors_follow_documented_layout():
+    q, k = unit(4, 6, 8, seed=24), unit(2, 6, 8, seed=25)
+    out = moco_cacr_loss(q, 0.5, keys=k)  # anchors 0, 1; query views j != a of 4
+    assert out.pos_weights.shape == (2, 6, 3) and out.neg_weights.shape == (2, 6, 3, 5)
+    for a in range(2):
+        js = [j for j in range(4) if j != a]
+        for n in range(6):
+            d2 = torch.stack([((q[j, n] - k[a, n]) ** 2).sum() for j in js])
+            torch.testing.assert_close(out.pos_d2[a, n], d2)
+            torch.testing.assert_close(out.pos_weights[a, n], torch.softmax(d2 / 0.5, 0))
+            for i, j in enumerate(js):
+                others = [m for m in range(6) if m != n]
+                s = torch.stack([q[j, n] @ k[a, m] for m in others])
+                torch.testing.assert_close(out.neg_weights[a, n, i], torch.softmax(s / 0.5, 0))
+                torch.testing.assert_close(out.neg_d2[a, n, i], 2 - 2 * s)
 
 
-def test_moco_gradcheck_and_keys_get_no_gradient():
-    x = torch.randn(2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    k = unit(2, 4, 5, seed=4).requires_grad_(True)
+def test_moco_registry_call_uses_the_views_as_detached_keys():
+    """``LOSSES["moco"](views)``: the keys default to the views themselves, detached."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     x.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda t: moco_cacr_loss(F.normalize(t, dim=-1), keys=k).loss, (x,)
-    )
-    moco_cacr_loss(F.normalize(x, dim=-1), keys=k).loss.backward()
+    q = lambda: F.normalize(x, dim=-1)  # noqa: E731
+    out = LOSSES["moco"](q(), **loss_options("moco"))
+    ref = ref_moco(q(), q().detach(), 1.0, "rbf")
+    torch.testing.assert_close(out.loss, ref)
+    (g,) = torch.autograd.grad(out.loss, x)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(g, g_ref)
+    assert loss_options("moco") == {"temperature": 1.0, "cost": "rbf"}
+
+
+def test_moco_gradcheck_where_no_weight_depends_on_the_input_and_keys_get_no_gradient():
+    """gradcheck differentiates numerically through the no-grad weights too, so it applies where
+    they are constant: two views (p = 1) and the rbf cost (no CR softmax). Elsewhere the loop
+    reference's autograd gradient with detached weights is the check (tests above)."""
+    x = torch.randn(2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x.requires_grad_(True)
+    k = unit(2, 4, 5, seed=4).requires_grad_(True)
+    fn = lambda t: moco_cacr_loss(F.normalize(t, dim=-1), 0.5, keys=k).loss  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    fn(x).backward()
     assert k.grad is None
 
 
-def test_moco_bad_keys_and_queue_raise():
-    q = unit(2, 4, 5)
-    with pytest.raises(ValueError, match="keys must have the queries' shape"):
-        moco_cacr_loss(q, keys=unit(2, 3, 5))
-    with pytest.raises(ValueError, match=r"queue must be \(Q, 5\)"):
-        moco_cacr_loss(q, queue=unit(7, 4))
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"keys": unit(2, 3, 5)}, r"keys must be \(G, 4, 5\).*\(2, 3, 5\)"),
+        ({"keys": unit(5, 4, 5)}, r"G <= V=4.*\(5, 4, 5\)"),
+        ({"keys": unit(1, 4, 5)}, "keys: need at least V=2"),
+        ({"keys": 2 * unit(2, 4, 5)}, "keys: views must be L2-normalised"),
+        ({"keys": unit(2, 4, 5), "multicrop": "full"}, "keys for all V=4 views; got keys for G=2"),
+        ({"multicrop": "half"}, "multicrop 'half'.*light, full"),
+        ({"cost": "cosine"}, "cost 'cosine'.*euclidean, rbf"),
+        ({"temperature": 0.0}, "temperature.*0.0"),
+    ],
+)
+def test_moco_bad_input_raises_one_line_naming_the_value(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern) as err:
+        moco_cacr_loss(unit(4, 4, 5), **kwargs)
+    assert "\n" not in str(err.value)

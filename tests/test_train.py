@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cacr_lab.data import DataSplits, ImageData, load_dataset
 from cacr_lab.runs import last_checkpoint, latest_snapshot, list_snapshots, load_run
 from cacr_lab.train import (
     NonFiniteLossError,
@@ -22,6 +23,7 @@ from cacr_lab.train import (
     lr_at_epoch,
     train,
 )
+from cacr_lab.train.moco import momentum_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,16 +85,100 @@ def test_every_registry_method_trains(tmp_path, method):
     assert np.isfinite(run.train_records()[-1]["loss"])
 
 
-def test_moco_method_keeps_a_momentum_encoder_and_a_queue(tmp_path):
-    cfg = tiny(method="moco", max_steps=3, moco_queue=100, moco_momentum=0.9)
+def rgb_digits(n: int | None = None) -> DataSplits:
+    """digits as 3-channel 16 px images (the first ``n`` of each split): a stand-in for CIFAR's
+    crop recipe, no download."""
+    d = load_dataset("digits", image_size=16)
+
+    def rgb(split: ImageData) -> ImageData:
+        images = split.images[:n].expand(-1, 3, -1, -1).contiguous()
+        return ImageData(images, split.labels[:n], split.classes, "cifar10")
+
+    return DataSplits(rgb(d.train), rgb(d.test), d.mean * 3, d.std * 3, 16, 3)
+
+
+def moco_tiny(**kw) -> TrainConfig:
+    """moco on rgb_digits with the small CNN (any input size, so local crops work)."""
+    return tiny(**({"dataset": "cifar10", "encoder": "small-cnn", "method": "moco"} | kw))
+
+
+def test_moco_trains_a_predictor_and_moves_the_key_encoder_by_ema(tmp_path):
+    cfg = tiny(method="moco", positives=1, moco_momentum=0.9, moco_momentum_schedule="cosine")
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
-    before = [p.clone() for p in trainer.key_model.parameters()]
-    trainer.run()
-    assert trainer.queue.shape == (100, 128)  # 3 steps x 5 views x 64 keys, newest 100 kept
-    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.key_model.parameters())]
-    assert any(moved)
-    state = torch.load(last_checkpoint(tmp_path / "r"), weights_only=True)
-    assert state["queue"].shape == (100, 128) and state["key_model"] is not None
+    model, moco = trainer.model, trainer.moco
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    keys0 = [p.detach().clone() for p in moco.key_model.parameters()]
+    pred0 = [p.detach().clone() for p in moco.predictor.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(theta0, keys0))  # the key model starts as a copy
+    assert not any(p.requires_grad for p in moco.key_model.parameters())
+    assert moco.predictor[0].out_features == 256  # max(small CNN's 128 features, 2 x 128)
+    out = trainer.train_step(trainer.batch_views(0, trainer.epoch_order(0)))
+    assert out.pos_weights.shape == (2, 64, 1)  # 2 anchors, 1 query view each
+    m = momentum_at(cfg, 1, trainer.moco.total_steps)
+    assert 0.9 < m < 0.91 and trainer.moco.total_steps == trainer.steps_per_epoch
+    for k0, k1, q1 in zip(keys0, moco.key_model.parameters(), model.parameters()):
+        torch.testing.assert_close(k1, m * k0 + (1 - m) * q1, rtol=1e-6, atol=1e-7)
+    assert all(not torch.equal(a, b) for a, b in zip(pred0, moco.predictor.parameters()))
+    path = train(tiny(method="moco", max_steps=2), tmp_path / "run", progress=False)
+    state = torch.load(last_checkpoint(path), weights_only=True)
+    assert set(state["moco"]) == {"predictor", "key_model"} and "queue" not in state
+    assert load_run(path).config["moco_predictor_hidden"] == 256
+
+
+@pytest.mark.parametrize("mode", ["light", "full"])
+def test_moco_local_crops_are_queries_and_in_full_mode_anchors(tmp_path, mode):
+    cfg = moco_tiny(positives=1, batch_size=32, moco_local_crops=2, moco_multicrop=mode)
+    trainer = Trainer(cfg, tmp_path / "r", progress=False, splits=rgb_digits())
+    views = trainer.batch_views(0, trainer.epoch_order(0))
+    assert views.views.shape == (2, 32, 3, 16, 16) and views.local.shape == (2, 32, 3, 8, 8)
+    seen = []
+    trainer.moco.key_model.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    out = trainer.loss_of(views)
+    anchors = 2 if mode == "light" else 4
+    assert out.pos_weights.shape == (anchors, 32, 3) and torch.isfinite(out.loss)
+    expect = [(2, 32, 3, 16, 16)] + ([(2, 32, 3, 8, 8)] if mode == "full" else [])
+    assert seen == expect  # light: local crops never reach the momentum encoder
+    assert trainer.run_config["moco_local_crop_size"] == 8  # half of 16 px
+    again = trainer.batch_views(0, trainer.epoch_order(0))  # seeded: the same crops again
+    assert torch.equal(again.local, views.local) and torch.equal(again.views, views.views)
+
+
+@pytest.mark.slow
+def test_moco_resume_is_bit_exact(tmp_path):
+    """Local crops (full mode), a cosine momentum and an evaluation in between: the resumed run
+    ends with the uninterrupted run's weights, predictor, key model and losses."""
+    splits = rgb_digits(n=96)  # 3 steps of 32 per epoch
+    cfg = dict(batch_size=32, epochs=2, moco_local_crops=2, moco_multicrop="full")
+    cfg |= dict(positives=1, moco_momentum=0.9, moco_momentum_schedule="cosine")
+    Trainer(moco_tiny(**cfg), tmp_path / "ref", progress=False, splits=splits).run()
+    # The same run stopped after its first epoch, then resumed in a new Trainer.
+    first = moco_tiny(**cfg, max_steps=3)
+    Trainer(first, tmp_path / "two", progress=False, splits=splits).run()
+    assert torch.load(last_checkpoint(tmp_path / "two"), weights_only=True)["epoch"] == 1
+    Trainer(moco_tiny(**cfg), tmp_path / "two", resume=True, progress=False, splits=splits).run()
+    ref, two = (
+        torch.load(last_checkpoint(tmp_path / p), weights_only=True) for p in ("ref", "two")
+    )
+    assert ref["step"] == two["step"] == 6
+    for part in ("predictor", "key_model"):
+        for k, v in ref["moco"][part].items():
+            torch.testing.assert_close(two["moco"][part][k], v, rtol=0, atol=0)
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(two["model"][k], v, rtol=0, atol=0)
+    losses = lambda p: [(r["step"], r["loss"]) for r in load_run(p).train_records()]  # noqa: E731
+    assert losses(tmp_path / "two") == losses(tmp_path / "ref")
+
+
+def test_moco_old_queue_config_loads_and_old_checkpoint_is_a_clear_error(tmp_path):
+    cfg = TrainConfig.from_dict({"method": "moco", "moco_queue": 65536, "moco_momentum": 0.9})
+    assert cfg.moco_momentum == 0.9 and not hasattr(cfg, "moco_queue")
+    path = train(tiny(method="moco", max_steps=2), tmp_path / "r", progress=False)
+    state = torch.load(last_checkpoint(path), weights_only=True)
+    old = {k: v for k, v in state.items() if k != "moco"}
+    old |= {"key_model": state["moco"]["key_model"], "queue": torch.empty(0, 128)}
+    torch.save(old, last_checkpoint(path))
+    with pytest.raises(ValueError, match="no moco predictor / key model.*older cacr_lab"):
+        Trainer(tiny(method="moco", epochs=2), path, resume=True, progress=False)
 
 
 def test_same_seed_same_loss_trajectory(tmp_path):
@@ -210,6 +296,16 @@ def test_imbalanced_run_records_its_class_counts(tmp_path):
         ({"lr": -0.1}, "lr.*-0.1"),
         ({"dataset": "stl10", "imbalance": "linear"}, "imbalance 'linear'.*stl10.*unlabeled"),
         ({"method": "infonce", "loss_options": {"multiview": "full"}}, "multiview 'full'"),
+        ({"moco_momentum": 1.0}, r"moco_momentum must be in \[0, 1\); got 1.0"),
+        ({"moco_momentum_schedule": "linear"}, "moco_momentum_schedule 'linear'"),
+        ({"moco_multicrop": "half"}, "moco_multicrop 'half'.*light, full"),
+        ({"method": "moco", "moco_local_crops": -1}, "moco_local_crops.*>= 0; got -1"),
+        ({"moco_local_crops": 2}, "applies to method 'moco' only"),
+        ({"method": "moco", "moco_local_crops": 2}, "cropped views.*'digits'"),
+        (
+            {"method": "moco", "dataset": "cifar10", "moco_local_crops": 2},
+            "any image size.*'small-alexnet'",
+        ),
     ],
 )
 def test_config_rejects_bad_values_by_name(kwargs, pattern):

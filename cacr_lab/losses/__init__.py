@@ -26,7 +26,8 @@ The package, bottom to top (each module imports only those above it in this list
   two multi-view forms (``MULTIVIEW_FORMS``: per view pair, averaged; CMC's full graph, summed).
 - ``align_uniform``: :func:`alignment`, :func:`uniformity` (also the evaluation's metrics) and
   :func:`align_uniform_loss`.
-- ``moco``: :func:`moco_cacr_loss`, CACR's large-scale MoCo-style form.
+- ``moco``: :func:`moco_cacr_loss`, CACR's large-scale form (the authors' ImageNet code on
+  MoCo v3: predictions, momentum keys, no queue) and its multi-crop modes ``MULTICROP``.
 - ``registry``: ``LOSSES`` (method name -> loss), ``loss_options``, ``OPTION_HELP``,
   ``paper_loss_options`` and the option vocabularies (``WEIGHTINGS``, ``WEIGHT_GRADS``,
   ``COSTS``, ``MULTIVIEW_FORMS``, ``PART_NAMES``).
@@ -38,13 +39,14 @@ from .align_uniform import align_uniform_loss, alignment, uniformity
 from .base import PART_NAMES, LossOutput, check_choice, pair_indices
 from .cacr import COSTS, WEIGHT_GRADS, WEIGHTINGS, cacr_loss
 from .infonce import MULTIVIEW_FORMS, debiased_loss, hard_negative_loss, info_nce_loss
-from .moco import moco_cacr_loss
+from .moco import MULTICROP, moco_cacr_loss
 from .registry import LOSSES, OPTION_HELP, loss_options, paper_loss_options
 
 __all__ = [
     "COSTS",
     "LOSSES",
     "LossOutput",
+    "MULTICROP",
     "MULTIVIEW_FORMS",
     "OPTION_HELP",
     "PART_NAMES",

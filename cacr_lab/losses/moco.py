@@ -1,7 +1,10 @@
-"""CACR's large-scale form, MoCo-style: momentum-encoder keys and a queue of past keys.
+"""CACR's large-scale form, the authors' ImageNet code (built on MoCo v3): predictions and keys.
 
-``moco_cacr_loss`` is the method ``moco`` of the registry; with one positive key per query it is
-MoCo v3's loss (see its docstring).
+``moco_cacr_loss`` is the method ``moco`` of the registry (docs/method.md §6). The online branch
+(encoder -> projector -> predictor) gives the predictions q, a momentum copy of encoder and
+projector gives the keys k (no gradient; the trainer's moco path builds both); the loss weighs,
+for every anchor key, the predictions of the other views. With two views and the RBF cost it is
+MoCo v3's symmetric loss divided by 2. ``MULTICROP`` holds the multi-crop modes.
 """
 
 from __future__ import annotations
@@ -11,102 +14,160 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import LossOutput, _check_positive, _check_views, _no_autocast
+from .base import (
+    LossOutput,
+    _check_positive,
+    _check_views,
+    _first_read,
+    _no_autocast,
+    _off_diagonal,
+    check_choice,
+)
+from .cacr import COSTS
+
+MULTICROP = ("light", "full")
 
 
 def moco_cacr_loss(
     views: Tensor | Sequence[Tensor],
-    temperature: float = 0.2,
-    tau_pos: float = 1.0,
+    temperature: float = 1.0,
+    cost: str = "rbf",
     *,
-    keys: Tensor | None = None,
-    queue: Tensor | None = None,
+    keys: Tensor | Sequence[Tensor] | None = None,
+    multicrop: str = "light",
     check_inputs: bool = True,
 ) -> LossOutput:
-    r"""CACR's large-scale (MoCo-style) form, REFERENCE.md section 3.
+    r"""CACR's large-scale form: the authors' ImageNet loss on MoCo v3's architecture.
 
-    Queries come from the online encoder, keys from a momentum encoder (no gradient), negatives
-    are the other keys of the batch plus a queue of past keys. The temperature T *divides* d2
-    and the positive stays in the denominator. For query q = views[v, i] and key view w != v:
+    H. Zheng et al., "Contrastive Attraction and Contrastive Repulsion for Representation
+    Learning", TMLR 2023, arXiv:2105.03746, ImageNet code; architecture of MoCo v3 (X. Chen,
+    S. Xie, K. He, "An Empirical Study of Training Self-Supervised Vision Transformers", ICCV
+    2021, arXiv:2104.02057). The temperature T *divides* (d2 in the weights, q.k in the logits).
 
-        l(v, w, i) = d2(q, k_wi) / (2T) + log sum_{k in {k_wj}_j + queue} exp(-d2(q, k) / (2T))
-        loss = 2T * sum_v mean_i sum_{w != v} pi_pos(w | v, i) * l(v, w, i)
+    Every key view a < G is an **anchor**. Its positives are the predictions q_j of the other
+    views j != a (local crops included), weighted per sample n by
 
-    with the conditional attraction weights pi_pos = softmax_w(tau_pos * d2(q, k_wi)) computed
-    without gradient (the large-scale code's choice). Since -d2/(2T) = (q.k - 1)/T, with one
-    positive key per query (V = 2) this is exactly MoCo v3's loss ctr(q1, k2) + ctr(q2, k1)
-    (Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers", ICCV
-    2021, arXiv:2104.02057), queue or not.
+        p_j = softmax_j( ||q_jn - k_an||^2 / T )          (no gradient; farther -> heavier)
+
+    and its negatives are the keys k_am of the other samples m != n (the whole batch, i.e. the
+    global batch when the trainer gathers the keys over the GPUs; no queue). With s = q.k:
+
+        rbf:        loss_a = sum_j mean_n p_j * 2T * CE(s(q_jn, k_a.) / T, own key n)
+                           = sum_j mean_n p_j * [ d2(q_jn, k_an) + 2T log sum_m exp(-d2_nm / 2T) ]
+        euclidean:  c = 1 - s;  loss_a = sum_j mean_n p_j * (CA + CR),  CA = c(q_jn, k_an),
+                    CR = -sum_{m != n} w_m c(q_jn, k_am),  w = softmax_m(-c / T) (no gradient)
+        loss = mean over the anchors
+
+    ``attraction`` is the p-weighted first term (rbf: d2 to the own key, including the positive's
+    share of the cross-entropy; euclidean: CA), ``repulsion`` the second; they add up to
+    ``loss``. With V = G = 2 and the rbf cost the loss is (ctr(q1, k2) + ctr(q2, k1)) / 2, MoCo
+    v3's symmetric loss divided by 2 (ctr = cross-entropy * 2T).
+
+    Reading of the euclidean "sum over n": the authors' code sums (``.sum()``) over each GPU's
+    N = B / W queries where the rbf cost takes a mean; this function takes the mean for both, so
+    the authors' euclidean loss is N times this one (the same direction, a gradient N times
+    larger, which the learning rate absorbs).
 
     Args:
-        views: (V, B, D), or V tensors (B, D): the queries, L2-normalised along D.
-        temperature: T > 0 (MoCo v3: 0.2 for ResNet-50, 0.1 for ViT).
-        tau_pos: inverse temperature of the weights over the K = V - 1 positive keys (> 0).
-        keys: (V, B, D) L2-normalised momentum-encoder embeddings of the same views; default:
-            the queries themselves, detached (a stop-gradient key branch).
-        queue: (Q, D) L2-normalised past keys used as extra negatives; default: none.
+        views: (V, B, D), or V tensors (B, D): the predictions q (online branch), L2-normalised
+            along D; views[:G] are the G views that have keys (the global crops), views[G:]
+            local crops.
+        temperature: T > 0 (authors: 1.0 for ResNet-50, 0.2 for ViT).
+        cost: ``"rbf"`` (authors' default) or ``"euclidean"``.
+        keys: (G, B, D), 2 <= G <= V, L2-normalised momentum-branch embeddings of views[:G]
+            (detached here); default: the predictions themselves, detached (G = V).
+        multicrop: ``"light"``: the anchors are the G keyed views, local crops only queries;
+            ``"full"``: every view is an anchor, so keys must be given for all of them (G = V).
+            With no local crops (G = V) both are the same.
 
-    >>> z = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)
-    >>> tuple(moco_cacr_loss(z, queue=z[0]).neg_weights.shape)
-    (2, 4, 1, 7)
+    Returns a :class:`LossOutput`; with A = G anchors and K = V - 1 query views per anchor:
+    ``pos_weights``, ``pos_d2``: (A, B, K), p over the views j != a (increasing j) and
+    ||q_jn - k_an||^2; ``neg_weights``, ``neg_d2``: (A, B, K, B - 1), softmax_m(s / T) over the
+    other samples' keys (the euclidean CR weights; for rbf the cross-entropy's weights on its
+    negatives, renormalised without the positive) and their d2, computed on first read.
+
+    >>> q = torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)  # 2 global + 2 local
+    >>> out = moco_cacr_loss(q, keys=q[:2])
+    >>> tuple(out.pos_weights.shape), tuple(out.neg_weights.shape)
+    ((2, 6, 3), (2, 6, 3, 5))
     """
-    _check_positive(temperature=temperature, tau_pos=tau_pos)
+    _check_positive(temperature=temperature)
+    check_choice("cost", cost, COSTS)
+    check_choice("multicrop", multicrop, MULTICROP)
     q = _check_views(views, check_inputs)
-    k = q.detach() if keys is None else _check_views(keys, check_inputs).detach()
-    if k.shape != q.shape:
+    k = q.detach() if keys is None else _check_keys(keys, q, check_inputs)
+    V, A = q.shape[0], k.shape[0]
+    if multicrop == "full" and A != V:
         raise ValueError(
-            f"keys must have the queries' shape {tuple(q.shape)}; got {tuple(k.shape)}"
+            f"multicrop='full' makes every view an anchor and needs keys for all V={V} views; "
+            f"got keys for G={A} (multicrop='light' uses the global views' keys only)"
         )
-    V, B, D = q.shape
-    if queue is not None and (queue.dim() != 2 or queue.shape[1] != D):
-        raise ValueError(f"queue must be (Q, {D}); got shape {tuple(queue.shape)}")
+    T = float(temperature)
     with _no_autocast(q.device):
-        logits = _moco_logits(q, k, queue, temperature)  # (V, V, B, B + Q)
-        idx = torch.arange(B, device=q.device)
-        pos = logits[:, :, idx, idx]  # (V, V, B)
-        lse = torch.logsumexp(logits, dim=-1)  # (V, V, B): the positive stays in
-        # Drop w == v (a query is not its own key's positive view): (V, K, B).
-        keep = ~torch.eye(V, dtype=torch.bool, device=q.device)
-        pos, lse = pos[keep].view(V, V - 1, B), lse[keep].view(V, V - 1, B)
-        d2_pos = (-2.0 * temperature * pos).permute(0, 2, 1)  # (V, B, K)
-        pi_pos = torch.softmax(tau_pos * d2_pos, dim=-1).detach()
-        w = pi_pos.permute(0, 2, 1)  # (V, K, B)
-        attraction = 2 * temperature * (w * -pos).sum(1).mean(-1).sum()
-        repulsion = 2 * temperature * (w * lse).sum(1).mean(-1).sum()
-        # Implicit weights over the negatives (other keys + queue) of each (query, key view).
-        neg_logits = _negative_logits(logits, keep)  # (V, B, K, N)
-        neg_w = torch.softmax(neg_logits, dim=-1)  # (V, B, K, N)
+        B, D = q.shape[1:]
+        # (A, K, B, D): each anchor's query views j != a. A one-hot matmul, not q[index]: the
+        # backward of an index with repeats accumulates in a thread-dependent order on CPU,
+        # and resumed runs must be bit-exact.
+        qa = (_other_views(A, V, q.device, q.dtype) @ q.reshape(V, B * D)).view(A, V - 1, B, D)
+        sims = torch.einsum("ajbd,acd->ajbc", qa, k.to(q.dtype))  # (A, K, B, B)
+        own = sims.diagonal(dim1=-2, dim2=-1)  # (A, K, B): q_jn . k_an
+        d2_pos = 2.0 - 2.0 * own
+        with torch.no_grad():
+            p = torch.softmax(d2_pos / T, dim=1)  # (A, K, B): over the K views, per sample
+        if cost == "rbf":
+            attract = d2_pos
+            repel = 2.0 * T * torch.logsumexp((sims - 1.0) / T, dim=-1)  # (A, K, B)
+        else:
+            attract = 1.0 - own
+            neg_cost = _off_diagonal(1.0 - sims)  # (A, K, B, B-1): the other samples' keys
+            with torch.no_grad():
+                w = torch.softmax(-neg_cost / T, dim=-1)
+            repel = -(w * neg_cost).sum(-1)  # (A, K, B)
+        # sum over the K views, mean over the B samples, mean over the A anchors
+        attraction = (p * attract).sum(1).mean()
+        repulsion = (p * repel).sum(1).mean()
     return LossOutput(
         loss=attraction + repulsion,
         attraction=attraction,
         repulsion=repulsion,
-        pos_weights=pi_pos,
-        pos_d2=d2_pos.detach(),
-        neg_weights=neg_w.detach(),
-        neg_d2=(-2.0 * temperature * neg_logits).detach(),
+        pos_weights=p.permute(0, 2, 1),
+        pos_d2=d2_pos.detach().permute(0, 2, 1),
+        neg_weights=_first_read(_negative_weights, sims.detach(), T),
+        neg_d2=_first_read(_negative_d2, sims.detach()),
     )
 
 
-def _moco_logits(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float) -> Tensor:
-    """(V, V, B, B + Q) logits -d2 / (2T) of every query view against every key view's B keys,
-    then the Q queued keys (the same for every key view); q, k: (V, B, D), queue (Q, D)."""
-    V, B, _ = q.shape
-    sims = torch.einsum("vbd,wcd->vwbc", q, k)  # (V, V, B, B): query view, key view
-    logits = (sims - 1.0) / temperature  # = -d2 / (2T)
-    if queue is not None and queue.shape[0] > 0:
-        qsims = torch.einsum("vbd,qd->vbq", q, queue.detach().to(q.dtype))  # (V, B, Q)
-        logits_q = ((qsims - 1.0) / temperature).unsqueeze(1).expand(V, V, B, -1)
-        logits = torch.cat([logits, logits_q], dim=-1)  # (V, V, B, B + Q)
-    return logits
+def _check_keys(keys: Tensor | Sequence[Tensor], q: Tensor, check_values: bool) -> Tensor:
+    """``keys`` as a detached (G, B, D) tensor of q's dtype family; ValueError names the shape."""
+    try:
+        k = _check_views(keys, check_values).detach()
+    except ValueError as err:
+        raise ValueError(f"keys: {err}") from None
+    V, B, D = q.shape
+    if k.shape[1:] != q.shape[1:] or k.shape[0] > V:
+        raise ValueError(
+            f"keys must be (G, {B}, {D}) with 2 <= G <= V={V} (the keys of views[:G]); "
+            f"got shape {tuple(k.shape)}"
+        )
+    return k
 
 
-def _negative_logits(logits: Tensor, keep: Tensor) -> Tensor:
-    """(V, V, B, B + Q) logits -> (V, B, K, B - 1 + Q): for each query and each of its K = V - 1
-    key views (``keep``: (V, V), w != v), the logits of its negatives (the batch's other keys,
-    then the queue)."""
-    V, _, B, _ = logits.shape
-    idx = torch.arange(B, device=logits.device)
-    neg_logits = logits[keep].view(V, V - 1, B, -1)
-    neg_mask = torch.ones(B, neg_logits.shape[-1], dtype=torch.bool, device=logits.device)
-    neg_mask[idx, idx] = False
-    return neg_logits[..., neg_mask].view(V, V - 1, B, -1).permute(0, 2, 1, 3)
+def _other_views(A: int, V: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(A * (V - 1), V) one-hot rows: for anchor a, the views j != a in increasing order.
+
+    >>> _other_views(2, 4, torch.device("cpu"), torch.float32).argmax(1).view(2, 3).tolist()
+    [[1, 2, 3], [0, 2, 3]]
+    """
+    j = torch.arange(V, device=device)
+    keep = j.unsqueeze(0) != torch.arange(A, device=device).unsqueeze(1)  # (A, V)
+    return torch.eye(V, device=device, dtype=dtype)[j.expand(A, V)[keep]]
+
+
+def _negative_weights(sims: Tensor, T: float) -> Tensor:
+    """(A, K, B, B) similarities -> (A, B, K, B-1): softmax(s / T) over the other samples' keys."""
+    return torch.softmax(_off_diagonal(sims) / T, dim=-1).permute(0, 2, 1, 3)
+
+
+def _negative_d2(sims: Tensor) -> Tensor:
+    """(A, K, B, B) similarities -> (A, B, K, B-1): d2 to the other samples' keys."""
+    return (2.0 - 2.0 * _off_diagonal(sims)).permute(0, 2, 1, 3)

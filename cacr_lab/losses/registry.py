@@ -53,11 +53,12 @@ OPTION_HELP: dict[str, str] = {
     "beta": "scale of CACR's repulsion / HN-CL's hardness concentration (paper 1.0)",
     "weighting": "CACR ablation: full | without_w1 | without_w2 | none",
     "weight_grad": "CACR: attached (reference) or detached softmax weights",
-    "cost": "CACR repulsion cost: euclidean (reference) or rbf",
+    "cost": "repulsion cost: euclidean (CACR reference) or rbf (MoCo form's default)",
     "rbf_t": "CACR rbf kernel parameter t (default 2.0)",
     "debiased_tau_plus": "CACR Chuang et al. debiasing class prior (off by default; e.g. 0.1)",
     "symmetric": "CACR: negatives from all views in both directions (not the paper's pairing)",
-    "temperature": "InfoNCE/MoCo temperature dividing the similarity (SimCLR 0.5, MoCo v3 0.2)",
+    "temperature": "InfoNCE/MoCo temperature dividing the similarity (SimCLR 0.5; MoCo form: "
+    "1.0 ResNet-50, 0.2 ViT)",
     "tau_plus": "class prior of HN-CL / DCL (paper 0.1)",
     "multiview": "InfoNCE/HN-CL/DCL views: pairs (per view pair v<w, both views' negatives, "
     "averaged; SimCLR at V=2) | cmc (CMC full graph: per ordered pair, cross-view negatives "
@@ -71,8 +72,11 @@ OPTION_HELP: dict[str, str] = {
 def loss_options(method: str) -> dict[str, object]:
     """The tunable options of a registered loss with their defaults.
 
-    >>> loss_options("infonce")
-    {'temperature': 0.5, 'multiview': 'pairs'}
+    The MoCo form's ``keys`` and ``multicrop`` are not options: the trainer's moco path sets
+    them (``multicrop`` from ``TrainConfig.moco_multicrop``).
+
+    >>> loss_options("infonce"), loss_options("moco")
+    ({'temperature': 0.5, 'multiview': 'pairs'}, {'temperature': 1.0, 'cost': 'rbf'})
     """
     if method not in LOSSES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")
@@ -80,7 +84,7 @@ def loss_options(method: str) -> dict[str, object]:
     return {
         name: p.default
         for name, p in sig.parameters.items()
-        if name not in ("views", "check_inputs", "keys", "queue")
+        if name not in ("views", "check_inputs", "keys", "multicrop")
         and p.default is not inspect.Parameter.empty
     }
 

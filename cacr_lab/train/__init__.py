@@ -8,6 +8,8 @@ The training story is told in :mod:`cacr_lab.train.trainer`; the package, top to
                    :func:`embed_views`, the seeded generators
 - ``distributed``  torchrun: :class:`DistInfo`, :class:`MultiViewEncoder` (the module DDP wraps),
                    :func:`gather_views` (the global batch's negatives)
+- ``moco``         method moco's pieces: the predictor, the momentum encoder and its schedule,
+                   the local crops (:class:`MocoBranch`, :func:`momentum_at`)
 - ``checkpoint``   what a checkpoint holds, writing and reading it: :func:`load_encoder`,
                    :func:`load_checkpoint_config`, :func:`finished_with`
 

@@ -31,14 +31,13 @@ def checkpoint_state(
     step: int,
     config: TrainConfig,
     run_config: dict[str, Any],
-    key_model: nn.Module | None,
-    queue: torch.Tensor,
+    moco: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The dict a checkpoint holds: weights, optimiser state, position, configs, MoCo's state.
 
     ``config`` goes in as ``to_dict()`` (what a resumed run continues with), ``run_config`` is
-    the resolved config of ``config.json``; ``key_model`` is None except for MoCo, and
-    ``queue: (Q, D)`` is MoCo's queue of keys (Q = 0 otherwise).
+    the resolved config of ``config.json``; ``moco`` is None except for method moco, where it is
+    ``MocoBranch.state_dict()``: the predictor's and the momentum encoder's weights.
     """
     return {
         "model": model.state_dict(),
@@ -47,8 +46,7 @@ def checkpoint_state(
         "step": step,
         "config": config.to_dict(),
         "run_config": run_config,
-        "key_model": None if key_model is None else key_model.state_dict(),
-        "queue": queue,
+        "moco": moco,
         "code_version": __version__,
     }
 

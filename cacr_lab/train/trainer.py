@@ -29,7 +29,6 @@ This module tells the story (:class:`Trainer`, :func:`train`); the pieces it use
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import signal
@@ -77,6 +76,7 @@ from cacr_lab.train.distributed import (
     rank_share,
     wrap_ddp,
 )
+from cacr_lab.train.moco import MocoBranch, MultiCrop
 from cacr_lab.train.steps import _seeded, embed_views, lr_at_epoch
 
 
@@ -172,7 +172,8 @@ class Trainer:
         self.probe = self._make_probe()
 
     def _build_model(self) -> None:
-        """The encoder, the module the loop calls (compiled, DDP-wrapped), the loss, MoCo's keys."""
+        """The encoder, the module the loop calls (compiled, DDP-wrapped), the loss; for method
+        moco also the predictor and the momentum encoder (:mod:`cacr_lab.train.moco`)."""
         config = self.config
         self.encoder_name = config.encoder or default_encoder(config.dataset)
         self.model = build_encoder(
@@ -185,19 +186,22 @@ class Trainer:
         if config.channels_last and self.image_like:
             self.model = self.model.to(memory_format=torch.channels_last)
         encoder: nn.Module = torch.compile(self.model) if config.compile else self.model
+        self.moco: MocoBranch | None = None
+        if config.method == "moco":  # online branch: encoder + predictor; keys: a momentum copy
+            sync = config.sync_bn and self.dist.world_size > 1
+            total = config.epochs * self.steps_per_epoch  # the momentum schedule's length
+            self.moco = MocoBranch(self.model, config, self.augment, total, sync_bn=sync)
         # All V views go through one module call, so DDP sees one forward per backward.
-        self.forward_model: nn.Module = MultiViewEncoder(encoder, config.view_batching)
+        self.forward_model: nn.Module = (
+            self.moco.online(encoder)
+            if self.moco
+            else MultiViewEncoder(encoder, config.view_batching)
+        )
         if self.dist.world_size > 1:
             self.forward_model = wrap_ddp(self.forward_model, self.device, sync_bn=config.sync_bn)
         self.loss_fn = LOSSES[config.method]
         self.loss_kwargs = config.resolved_loss_options()
         self.amp = config.amp and self.device.type == "cuda"
-        # MoCo-style form: a momentum copy of the encoder makes the keys; a queue keeps old ones.
-        self.key_model: nn.Module | None = None
-        self.queue = torch.empty(0, config.feat_dim, device=self.device)
-        if config.method == "moco":
-            self.key_model = MultiViewEncoder(copy.deepcopy(self.model), config.view_batching)
-            self.key_model.requires_grad_(False)
 
     def _open_run_dir(self, *, overwrite: bool, resume: bool) -> None:
         """The resolved config and the writer: rank 0 writes the run directory, the others not."""
@@ -212,6 +216,7 @@ class Trainer:
             "pretrain_size": len(self.pretrain),
             "classes": self.pretrain.classes,
             "device_resolved": str(self.device),
+            **(self.moco.describe() if self.moco else {}),
         }
         writer_cls = RunWriter if self.dist.rank == 0 else _NullWriter
         self.writer = writer_cls(
@@ -227,8 +232,9 @@ class Trainer:
         """SGD, made on first use: a torch optimiser's first call imports torch._dynamo (~1.5 s
         on a 2-core CPU), and the step-0 snapshot need not wait for it (the dashboard shows it
         as the first picture of a run)."""
+        predictor = self.moco.predictor.parameters() if self.moco else ()
         return torch.optim.SGD(
-            self.model.parameters(),
+            [*self.model.parameters(), *predictor],
             lr=lr_at_epoch(self.config, 0),
             momentum=self.config.momentum,
             weight_decay=self.config.weight_decay,
@@ -245,13 +251,20 @@ class Trainer:
         views = self.augment(test.images[idx[:b]], self.config.n_views, generator=_seeded(0, 8))
         return _Probe(views.to(self.device), test.images[idx].to(self.device), test.labels[idx])
 
-    def batch_views(self, step: int, order: torch.Tensor) -> torch.Tensor:
-        """The (V, B, ...) views of the batch at ``step`` (position in the epoch's ``order``)."""
+    def batch_views(self, step: int, order: torch.Tensor) -> torch.Tensor | MultiCrop:
+        """The (V, B, ...) views of the batch at ``step`` (position in the epoch's ``order``);
+        with moco's local crops a :class:`MultiCrop` of them and the (L, B, ...) local crops."""
         b = self.local_batch
         i = step % self.steps_per_epoch
         idx = order[i * b : (i + 1) * b].to(self.device)
         g = _seeded(self.config.seed, 1, step, self.dist.rank, device=self.device)
-        views = self.augment(self.images[idx], self.config.n_views, generator=g)
+        views = self._memory_format(
+            self.augment(self.images[idx], self.config.n_views, generator=g)
+        )
+        local = self.moco.local_views(self.images[idx], g) if self.moco else None
+        return views if local is None else MultiCrop(views, self._memory_format(local))
+
+    def _memory_format(self, views: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last and self.image_like:
             # (V, B, C, H, W) stored as (V, B, H, W, C): every views[v] is channels_last.
             views = views.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
@@ -267,43 +280,28 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
 
-    def loss_of(self, views: torch.Tensor, check: bool = False) -> LossOutput:
+    def loss_of(self, views: torch.Tensor | MultiCrop, check: bool = False) -> LossOutput:
+        gather = self.dist.world_size > 1  # every query meets the negatives of the global batch
+        if self.moco is not None:
+            return self.moco.loss(
+                self.forward_model, views, amp=self.amp, gather=gather, check=check
+            )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = self.forward_model(views)
-            if self.key_model is not None:
-                with torch.no_grad():
-                    keys = self.key_model(views)
-        if self.dist.world_size > 1:
-            z = gather_views(z)  # every query meets the B - 1 negatives of the global batch
-            if self.key_model is not None:
-                keys = gather_views(keys)
-        if self.key_model is None:
-            return self.loss_fn(z, **self.loss_kwargs, check_inputs=check)
-        out = self.loss_fn(z, **self.loss_kwargs, keys=keys, queue=self.queue, check_inputs=check)
-        self._last_keys = keys.detach()
-        return out
+        z = gather_views(z) if gather else z
+        return self.loss_fn(z, **self.loss_kwargs, check_inputs=check)
 
-    def train_step(self, views: torch.Tensor) -> LossOutput:
+    def train_step(self, views: torch.Tensor | MultiCrop) -> LossOutput:
         self.model.train()
+        if self.moco is not None:
+            self.moco.train()
         out = self.loss_of(views)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        if self.key_model is not None:
-            self._momentum_update()
+        if self.moco is not None:  # the key encoder of the next step
+            self.moco.update(self.model, self.step + 1)
         return out
-
-    @torch.no_grad()
-    def _momentum_update(self) -> None:
-        """EMA of the online encoder into the key encoder; newest keys into the queue."""
-        m = self.config.moco_momentum
-        for pk, pq in zip(self.key_model.encoder.parameters(), self.model.parameters()):
-            pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-        for bk, bq in zip(self.key_model.encoder.buffers(), self.model.buffers()):
-            bk.copy_(bq)
-        if self.config.moco_queue:
-            newest = self._last_keys.flatten(0, 1).float()
-            self.queue = torch.cat([newest, self.queue])[: self.config.moco_queue]
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -361,9 +359,12 @@ class Trainer:
         """Adds the probe batch's alignment, uniformity, loss and weight statistics to
         ``record``; returns the loss output (its weights go into the snapshot)."""
         # Diagnostics on a fixed held-out batch, in the model's eval mode (no BN batch stats).
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            z_probe = embed_views(self.model, self.probe.views, self.config.view_batching)
-        out = self.loss_fn(z_probe, **self.loss_kwargs, check_inputs=False).detach()
+        if self.moco is not None:  # predictions and keys, as in training
+            out = self.moco.probe_loss(self.model, self.probe.views, amp=self.amp)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                z_probe = embed_views(self.model, self.probe.views, self.config.view_batching)
+            out = self.loss_fn(z_probe, **self.loss_kwargs, check_inputs=False).detach()
         z = embed_views(self.model, self.probe.views[:2], "separate")
         record.update(alignment_uniformity(z[0].float(), z[1].float()))
         record["eval_loss"] = float(out.loss)
@@ -402,8 +403,7 @@ class Trainer:
             step=self.step,
             config=self.config,
             run_config=self.run_config,
-            key_model=self.key_model,
-            queue=self.queue,
+            moco=self.moco.state_dict() if self.moco else None,
         )
         keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
         write_checkpoint(self.run_dir, state, keep_epoch=keep)
@@ -415,9 +415,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        if self.key_model is not None:
-            self.key_model.load_state_dict(state["key_model"])
-            self.queue = state["queue"].to(self.device)
+        if self.moco is not None:
+            self.moco.load_state_dict(state.get("moco"))
         self.writer.truncate_after(self.step)
 
     # -- the loop -----------------------------------------------------------------------------
