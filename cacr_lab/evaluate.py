@@ -5,8 +5,8 @@ Read top to bottom:
 1. `extract_features` / `embed`: run a frozen encoder over in-memory data (no augmentation).
 2. `knn_accuracy`: weighted kNN on cosine similarity (the cheap number logged during training).
 3. `linear_probe` (fast: logistic regression on stored features) and `linear_probe_paper` (the
-   reference protocol of REFERENCE.md section 6: a linear layer trained on augmented views).
-4. `per_class_accuracy`: for the imbalanced experiments of REFERENCE.md section 7.
+   reference protocol of docs/method.md §8: a linear layer trained on augmented views).
+4. `per_class_accuracy`: for the imbalanced experiments of docs/method.md §9.
 5. `alignment_uniformity` (Wang & Isola 2020) and `weight_stats` (how peaked the CACR weights
    pi_pos / pi_neg are) for the dashboard.
 
@@ -392,7 +392,7 @@ def linear_probe_paper(
     seed: int = 0,
     num_workers: int = 0,
 ) -> ProbeResult:
-    """The reference linear evaluation (REFERENCE.md section 6).
+    """The reference linear evaluation (docs/method.md §8).
 
     The encoder is frozen (eval mode, no gradients); one ``Linear(feature_dim, C)`` layer is
     trained on ``model.features`` (fc7 for SmallAlexNet) of freshly augmented training images

@@ -44,7 +44,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 
 
 class SmallAlexNet(nn.Module):
-    """The small-scale encoder of the reference code (REFERENCE.md section 6).
+    """The small-scale encoder of the reference code (docs/method.md §7.1).
 
     Five 3x3 conv blocks (no bias, BN, ReLU) with 96 (+ max-pool 3/2), 192 (+ max-pool 3/2),
     384, 384, 192 (+ max-pool 3/2) channels; 32 px inputs leave 192 x 3 x 3, 64 px leave

@@ -18,7 +18,7 @@ moves it). Two ways to get them, and a test (``tests/test_theory.py``) that they
   :func:`closed_form_forces` sums :func:`query_forces` over the queries of a batch with the
   reference pairing of ``cacr_loss``; it equals :func:`loss_forces` for ``"cacr"``.
 
-And the limits and identities of REFERENCE.md section 4, as numbers: :func:`limit_rows`,
+And the limits and identities of docs/method.md §4, as numbers: :func:`limit_rows`,
 :func:`infonce_without_positive`, :func:`infonce_relation_gap`.
 
 >>> toy = toy_query(n_pos=3, n_neg=5, seed=0)
@@ -229,7 +229,7 @@ def query_forces(
 ) -> QueryForces:
     """Closed-form weights and forces of one query's loss (no autograd).
 
-    ``method="cacr"`` (REFERENCE.md section 2, one query)::
+    ``method="cacr"`` (docs/method.md §2, one query)::
 
         L = alpha sum_k pi_pos(k) d_k^+  -  beta sum_j pi_neg(j) d_j^-
         c_k^+ = alpha dE^+/dd_k,   c_j^- = -beta dE^-/dd_j     (see distance_coefficients)
@@ -326,7 +326,7 @@ def closed_form_forces(
 
 
 # --------------------------------------------------------------------------------------------
-# REFERENCE.md section 4, as numbers
+# docs/method.md §4, as numbers
 # --------------------------------------------------------------------------------------------
 
 
@@ -377,7 +377,7 @@ def infonce_relation_gap(
     weight_grad: str = "detached",
     keep_positive: bool = False,
 ) -> dict[str, float]:
-    """REFERENCE.md section 4: CACR with detached weights, K = 1, alpha = beta = 1 and
+    """docs/method.md §4: CACR with detached weights, K = 1, alpha = beta = 1 and
     tau_neg = 1/(2T) has the gradient of 2T x InfoNCE with the positive removed.
 
     Compares ``grad cacr_loss(views, tau_neg=1/(2T), weight_grad=weight_grad)`` with

@@ -6,12 +6,12 @@ Four modules, in the order a training run needs them (each imports only the ones
   (``train``, ``test``; STL-10 also ``pretrain``, train+unlabeled, whose unlabeled images carry
   the label `UNLABELED`) and the normalisation statistics; `DATASETS` names what it reads
   (digits, CIFAR-10/100, STL-10, ``folder:PATH``, toy points); `toy_sphere`, `stratified_split`.
-- `views` (REFERENCE.md section 6): `VIEW_RECIPES`, the one table of each dataset family's
+- `views` (docs/method.md §7): `VIEW_RECIPES`, the one table of each dataset family's
   view recipe, and the per-image pipelines read from it: `view_transform` (through
   `MultiViewDataset`), `probe_transforms` and `center_view` for the linear evaluation.
 - `augment`: `BatchAugment`, the same views made per sample in a few batched tensor ops on the
   batch's device (the trainer's fast path), configured by `batch_augment_for`.
-- `imbalance` (REFERENCE.md section 7): `imbalance_indices`, `make_imbalanced`,
+- `imbalance` (docs/method.md §9): `imbalance_indices`, `make_imbalanced`,
   `class_counts`.
 
 Every public name is re-exported here, so ``from cacr_lab.data import X`` works for all of them.

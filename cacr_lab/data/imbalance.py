@@ -1,4 +1,4 @@
-"""Class-imbalanced pre-training sets (REFERENCE.md section 7).
+"""Class-imbalanced pre-training sets (docs/method.md §9).
 
 `imbalance_indices` picks a seeded class-imbalanced subset of a label vector (profiles in
 `IMBALANCE_PROFILES`), `make_imbalanced` applies it to an `ImageData`, and `class_counts` counts
@@ -52,7 +52,7 @@ def imbalance_indices(
     groups: int | None = None,
     num_classes: int | None = None,
 ) -> torch.Tensor:
-    """Sorted indices of a class-imbalanced subset (REFERENCE.md section 7).
+    """Sorted indices of a class-imbalanced subset (docs/method.md §9).
 
     Per class c (in order), the class's indices are shuffled with one ``torch.Generator`` seeded
     by ``seed`` and the first ``n_c`` kept, with ``i`` the class's position and ``C`` the number

@@ -1,6 +1,6 @@
 """Views: the per-dataset view recipes and the per-image pipelines built from them.
 
-Each image is augmented into V = K + 1 views (REFERENCE.md section 6). `VIEW_RECIPES` is the one
+Each image is augmented into V = K + 1 views (docs/method.md §7). `VIEW_RECIPES` is the one
 table of how: per dataset family the crop scale and aspect ratio, flip, colour jitter and
 grayscale rates (CIFAR, STL-10, folders), the affine and pixel noise (digits), the toy jitter,
 and the linear evaluation's train crop and test resize. Everything that makes a view reads it:
@@ -172,7 +172,7 @@ def view_transform(
 ) -> v2.Compose:
     """Per-image view pipeline: ``uint8 (C, H, W)`` in, normalised ``float32 (C, S, S)`` out.
 
-    CIFAR / folders follow REFERENCE.md section 6 literally: RandomResizedCrop(S, scale 0.2-1),
+    CIFAR / folders follow docs/method.md §7 literally: RandomResizedCrop(S, scale 0.2-1),
     horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.4) applied to every view (no RandomApply),
     RandomGrayscale(0.2), normalise. STL-10 is the same with crop scale 0.08-1. Digits: bilinear
     RandomAffine(10 deg, translate 0.1, scale 0.9-1.1) + Gaussian noise (std 0.05) + normalise,

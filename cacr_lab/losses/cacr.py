@@ -58,7 +58,7 @@ def cacr_loss(
 
     H. Zheng et al., "Contrastive Attraction and Contrastive Repulsion for Representation
     Learning", TMLR 2023, arXiv:2105.03746. Small-scale form of the reference code
-    (REFERENCE.md section 2); the defaults reproduce its numbers and gradients.
+    (docs/method.md §2); the defaults reproduce its numbers and gradients.
 
     For a query x with positives x_k^+ (the K = V - 1 other views of its image) and negatives
     x_j^- (other images), with d2 the squared distance on the sphere:

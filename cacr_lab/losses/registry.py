@@ -90,7 +90,7 @@ def loss_options(method: str) -> dict[str, object]:
 
 
 def paper_loss_options(method: str, dataset: str = "cifar10") -> dict[str, Any]:
-    """The released hyper-parameters of a method (REFERENCE.md section 2), else the defaults.
+    """The released hyper-parameters of a method (docs/method.md §2), else the defaults.
 
     >>> paper_loss_options("cacr", "cifar100")["tau_neg"]
     2.0
