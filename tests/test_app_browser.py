@@ -1,7 +1,7 @@
 """End to end in a real browser: `streamlit run app/main.py` on a free loopback port, headless
 Chromium presses Start on digits, the weight histograms and the UMAP appear, Stop stops the run.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skips with the
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); skips with the
 reason where they are missing. The helpers here are also what ``benchmarks/bench_app.py`` uses.
 """
 
@@ -32,7 +32,7 @@ def browser_missing() -> str | None:
     """Why the browser test cannot run here, or None."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not (Path(path).is_file() and os.access(path, os.X_OK)):
-            return f"{path} not found: install Debian's {package} package (.ci/run does)"
+            return f"{path} not found: install Debian's {package} package (make test does)"
     try:
         import selenium  # noqa: F401
     except ImportError:
