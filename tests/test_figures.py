@@ -399,6 +399,11 @@ def test_infonce_weight_panels_say_that_pi_pos_is_not_recorded(builder, infonce_
     assert f"N = {N} negatives" in fig.layout.annotations[1].text
 
 
+def test_a_snapshot_without_pi_pos_and_no_method_says_only_that(infonce_snapshot):
+    (note,) = _notes(weight_histograms(infonce_snapshot))
+    assert note.text == "not in this<br>snapshot"
+
+
 @pytest.mark.parametrize("builder", [weight_histograms, weight_vs_distance])
 def test_cacr_weight_panels_name_their_set_sizes(builder, snapshot):
     fig = builder(snapshot)

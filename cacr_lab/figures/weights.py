@@ -43,11 +43,14 @@ def _weights(snapshot: Snapshot, need_d2: bool) -> dict[str, tuple[np.ndarray, n
     return sides
 
 
-def _missing_side_note(method: str | None) -> str:
-    """The note in a panel of pi_pos when the snapshot holds none (InfoNCE and its kin: one
-    positive per view pair, so nothing to weight)."""
-    who = method or "this loss"
-    return f"not recorded:<br>{who} weights<br>no positives"
+def _missing_side_note(method: str | None, side: str) -> str:
+    """The note in the panel of a side the snapshot does not hold: for a run's ``method``, it
+    weights none (InfoNCE and its kin: one positive per view pair, nothing to weight); without
+    a method, only that this snapshot has none."""
+    if method is None:
+        return "not in this<br>snapshot"
+    what = "positives" if side == "pos" else "negatives"
+    return f"not recorded:<br>{method} weights<br>no {what}"
 
 
 def _side_titles(sides: dict, prefix: str = "") -> list[str]:
@@ -82,7 +85,7 @@ def weight_histograms(
     for col, (side, letter) in enumerate((("pos", "K"), ("neg", "N")), start=1):
         fig.update_xaxes(title_text=f"pi_{side} × {letter} (1 = uniform)", row=1, col=col)
         if side not in sides:
-            _panel_note(fig, _missing_side_note(method), row=1, col=col)
+            _panel_note(fig, _missing_side_note(method, side), row=1, col=col)
             continue
         w = sides[side][0]
         values = (w * w.shape[1]).ravel()
@@ -120,11 +123,12 @@ def weight_vs_distance(
     if not isinstance(n_queries, int) or n_queries < 1:
         raise ValueError(f"n_queries must be an int >= 1, got {n_queries!r}")
     sides = _weights(snapshot, need_d2=True)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=_side_titles(sides))
+    # a y-axis title on each panel: a wider gap than plotly's 0.1 keeps it off its neighbour
+    fig = make_subplots(rows=1, cols=2, subplot_titles=_side_titles(sides), horizontal_spacing=0.16)
     for col, (side, letter) in enumerate((("pos", "K"), ("neg", "N")), start=1):
         fig.update_yaxes(title_text=f"pi_{side} × {letter}", row=1, col=col)
         if side not in sides:
-            _panel_note(fig, _missing_side_note(method), row=1, col=col)
+            _panel_note(fig, _missing_side_note(method, side), row=1, col=col)
             continue
         w, d2 = sides[side]
         d2 = np.asarray(d2, dtype=np.float64)
