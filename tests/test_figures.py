@@ -242,6 +242,15 @@ def test_two_methods_get_their_own_panel_and_y_axis(cacr_run, infonce_run):
     assert fig.layout.xaxis.matches == "x2" and fig.layout.xaxis2.title.text == "step"
 
 
+def test_a_method_without_records_yet_gets_a_note_in_its_own_panel(cacr_run, tmp_path):
+    RunWriter(tmp_path / "new", {"method": "infonce"}).close()
+    fig = loss_curves([cacr_run, load_run(tmp_path / "new")])
+    (note,) = _notes(fig)
+    assert _inside(note, fig.layout.xaxis2, fig.layout.yaxis2) and "nothing recorded" in note.text
+    assert _panels_without_data_or_message(fig) == []
+    assert fig.layout.xaxis.showticklabels is True  # the steps still read on cacr's panel
+
+
 def test_two_runs_of_one_method_get_distinct_shades(cacr_run):
     fig = loss_curves([cacr_run, cacr_run])
     assert fig.data[0].line.color != fig.data[3].line.color

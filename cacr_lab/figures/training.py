@@ -93,6 +93,8 @@ def loss_curves(runs: Run | Sequence[Run], *, parts: Sequence[str] = LOSS_PARTS)
                 row=row,
                 col=1,
             )
+    # Step ticks on every panel: the bottom one is hidden while its method has no records yet.
+    fig.update_xaxes(showticklabels=True)
     fig.update_xaxes(title_text="step", row=len(methods))
     fig.update_yaxes(title_text="loss (per part)")
     return _finish(fig, "Training loss and its parts", height=170 + 230 * len(methods))
