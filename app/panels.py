@@ -47,14 +47,31 @@ def class_names(run: runs.Run) -> list[str] | None:
     return [str(c) for c in names] if isinstance(names, list) and names else None
 
 
+# Design width (px) of a chart in a half column: the titles are wrapped to fit it.
+HALF = figures.DESIGN_WIDTHS["half"]
+
+# Under the weight statistics: why pi_pos hardly moves while pi_neg sharpens.
+POS_NOTE = (
+    "pi_pos hardly leaves 1 (ESS ≈ 0.99 all run): a query's K positives are the other views of "
+    "its own image, all at nearly the same distance, so there is little for tau_pos to sharpen. "
+    "pi_neg is where the weighting acts: it sharpens as the classes form. InfoNCE records no "
+    "pi_pos (one positive per view pair)."
+)
+# Above the compared losses: why each method has its own y-axis.
+UNITS_NOTE = (
+    "Each method's loss has its own panel and y-axis: CACR's parts are weighted squared "
+    "distances (attraction in [0, 4], repulsion in [−4, 0]); InfoNCE's are −s⁺/T and a "
+    "log-sum-exp, in nats. The values are not comparable across methods: compare the shapes."
+)
+
+
 def weights_title(run: runs.Run, snap: runs.Snapshot) -> str:
+    title = f"Conditional weights at step {snap.step} (epoch {snap.epoch})"
     if run.method == "infonce":
-        kind = " · InfoNCE's implicit softmax weights"
-    elif run.method != "cacr":
-        kind = f" · {run.method}'s implicit weights"
-    else:
-        kind = ""
-    return f"Conditional weights at step {snap.step} (epoch {snap.epoch}){kind}"
+        return f"{title}<br><sup>InfoNCE's implicit softmax weights</sup>"
+    if run.method != "cacr":
+        return f"{title}<br><sup>{run.method}'s implicit weights</sup>"
+    return title
 
 
 def umap_figure(run: runs.Run, shown: tuple) -> go.Figure:
@@ -62,7 +79,11 @@ def umap_figure(run: runs.Run, shown: tuple) -> go.Figure:
     names = class_names(run)
     if names is not None and len(names) <= int(labels.max(initial=0)):
         names = None
-    title = f"UMAP of the embedding sample · {run.name} · step {step} (epoch {epoch})"
+    # Two lines, the first wrapped to a half column: a long title was cut there.
+    title = (
+        f"{figures.wrap(f'UMAP of the embedding sample · {run.name}', HALF - 40)}"
+        f"<br><sup>step {step} (epoch {epoch})</sup>"
+    )
     return cached_figure(
         f"umap_{run.name}",
         (snap_path, run.name),
@@ -130,7 +151,7 @@ def run_panels(run: runs.Run) -> None:
             "Weight histograms",
             f"hist_{k}",
             snap_version,
-            lambda: figures.weight_histograms(snap, weights_title(run, snap)),
+            lambda: figures.weight_histograms(snap, weights_title(run, snap), method=run.method),
         )
     left, right = st.columns(2)
     umap_slot = left.container()
@@ -140,11 +161,12 @@ def run_panels(run: runs.Run) -> None:
             "Weight vs distance",
             f"wd_{k}",
             snap_version,
-            lambda: figures.weight_vs_distance(snap),
+            lambda: figures.weight_vs_distance(snap, method=run.method),
         )
     plot(
         st, "Weight statistics", f"wstats_{k}", eval_v, lambda: figures.weight_stats_over_time(run)
     )
+    st.caption(POS_NOTE)
     plot(st, "Evaluation", f"eval_{k}", eval_v, lambda: figures.eval_curves(run))
     if run.config.get("imbalance") not in (None, "none"):
         plot(st, "Per-class accuracy", f"perclass_{k}", eval_v, lambda: per_class(run))
@@ -159,15 +181,16 @@ def what_to_watch() -> None:
     seconds."""
     st.markdown(
         "**What to watch for.** CACR weights each negative by how close it is: "
-        "n · pi_neg = n · softmax(−tau_neg · d²), relative to uniform (1). Small tau_neg is "
-        "nearly uniform; large tau_neg pushes hardest on the nearest negatives. InfoNCE "
+        "n · pi_neg = n · softmax(−tau_neg · d²), relative to uniform (1). A small tau_neg "
+        "(0.1) is nearly uniform; a large one pushes hardest on the nearest negatives. InfoNCE "
         "weights its negatives the same way with tau_neg = 1 / (2T)."
     )
+    # Only values the form accepts (tau_neg > 0): 0.9 is the paper's CIFAR-10 value.
     fig = cached_figure(
         "what_to_watch",
         (),
         lambda: figures.weights_vs_distance_curves(
-            np.linspace(0.0, 4.0, 200), [0.0, 0.9, 2.0], "neg", infonce_temperature=0.5
+            np.linspace(0.0, 4.0, 200), [0.1, 0.9, 2.0], "neg", infonce_temperature=0.5
         ),
     )
     st.plotly_chart(fig, key="what_to_watch", **PLOT)
@@ -219,6 +242,8 @@ def compared(root: Path, names: list[str]) -> None:
     chosen = [read_one(root / n) for n in names]
     train_v = tuple(versions(r)[0] for r in chosen)
     eval_v = tuple(versions(r)[1] for r in chosen)
+    if len({r.method for r in chosen}) > 1:
+        st.caption(UNITS_NOTE)
     plot(st, "Loss curves", "cmp_loss", train_v, lambda: figures.loss_curves(chosen))
     plot(
         st,
@@ -227,6 +252,7 @@ def compared(root: Path, names: list[str]) -> None:
         eval_v,
         lambda: figures.weight_stats_over_time(chosen),
     )
+    st.caption(POS_NOTE)
     plot(st, "Evaluation", "cmp_eval", eval_v, lambda: figures.eval_curves(chosen))
     probed = [r for r in chosen if runs.last_value(r.eval_records(), "per_class_acc") is not None]
     if probed and any(r.config.get("imbalance") not in (None, "none") for r in chosen):
@@ -238,6 +264,7 @@ def compared(root: Path, names: list[str]) -> None:
             lambda: figures.per_class_bars(probed, class_names=class_names(probed[0])),
         )
     st.dataframe(figures.compare_rows(chosen), hide_index=True)
-    for first in range(0, len(chosen), 3):
-        for col, run in zip(st.columns(3), chosen[first : first + 3]):
+    # Two per row: in thirds of the page the titles and legends took most of each chart.
+    for first in range(0, len(chosen), 2):
+        for col, run in zip(st.columns(2), chosen[first : first + 2]):
             umap_panel(col, run, newest_snapshot(run), f"cmp_umap_{run.name}")

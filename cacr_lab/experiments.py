@@ -105,7 +105,8 @@ def compare(
     same config is reused unless ``overwrite``, so an interrupted compare picks up where it stopped.
 
     Writes ``OUT/runs/METHOD-seedS/`` (run directories), ``OUT/results.csv`` (one row per run),
-    ``OUT/report.md`` (mean +- std per method) and plotly HTML figures.
+    ``OUT/report.md`` (mean +- std per method) and plotly HTML figures that render offline
+    (``plotly.min.js`` written once beside them: :func:`cacr_lab.figures.write_html`).
     """
     from cacr_lab import figures
     from cacr_lab.train import train
@@ -145,12 +146,10 @@ def compare(
         w.writeheader()
         w.writerows(rows)
     (out / "report.md").write_text(_report(rows, configs[0][2], seeds))
-    figures.eval_curves(runs).write_html(out / "eval_curves.html", include_plotlyjs="cdn")
-    figures.loss_curves(runs).write_html(out / "loss_curves.html", include_plotlyjs="cdn")
-    figures.weight_stats_over_time(runs).write_html(
-        out / "weight_stats.html", include_plotlyjs="cdn"
-    )
-    figures.per_class_bars(runs).write_html(out / "per_class.html", include_plotlyjs="cdn")
+    figures.write_html(figures.eval_curves(runs), out / "eval_curves.html")
+    figures.write_html(figures.loss_curves(runs), out / "loss_curves.html")
+    figures.write_html(figures.weight_stats_over_time(runs), out / "weight_stats.html")
+    figures.write_html(figures.per_class_bars(runs), out / "per_class.html")
     return out
 
 

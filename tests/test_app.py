@@ -10,6 +10,7 @@ import ast
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,7 +99,11 @@ def test_page_renders_with_no_runs(tmp_path, monkeypatch):
     assert by_label["temperature"] == 0.5 and "tau_neg" not in by_label
     # the only chart is the theory picture to read the live panels by
     assert list(charts(at)) == ["Conditional weight of a negative against its squared distance"]
-    assert "infonce T=0.5 (implicit)" in trace_names(chart(at, "Conditional weight"))
+    names = trace_names(chart(at, "Conditional weight"))
+    assert "infonce T=0.5 (implicit)" in names
+    # ... drawn only for values the form accepts (it refuses tau_neg = 0)
+    taus = [float(n.split("=")[1]) for n in names if n.startswith("cacr tau_neg=")]
+    assert taus and min(taus) > 0
     assert at.session_state.live is False
 
 
@@ -127,7 +132,13 @@ def test_finished_run_shows_every_panel(finished_run, monkeypatch):
     assert "cacr · cacr-digits · pi_pos" in stats and "cacr · cacr-digits · pi_neg" in stats
     assert "query 0" in trace_names(chart(at, "Weight against squared distance"))
     # 3. UMAP of the embedding sample, coloured by class
-    umap = chart(at, "UMAP of the embedding sample · cacr-digits · step 4")
+    umap = chart(at, "UMAP of the embedding sample · cacr-digits")
+    assert "step 4 (epoch" in umap["layout"]["title"]["text"]
+    # in a half column the title is wrapped, not cut (each line fits 440 px at 16 px)
+    assert all(
+        len(re.sub(r"<[^>]*>", "", line)) * 16 * 0.55 <= 440
+        for line in umap["layout"]["title"]["text"].split("<br>")
+    )
     assert sum(len(values(d["x"])) for d in umap["data"]) == 128
     assert set(trace_names(umap)) <= {str(c) for c in range(10)} and len(umap["data"]) >= 5
     # 4. evaluation over time, and per-class accuracy for this imbalanced run
@@ -146,6 +157,8 @@ def test_compare_overlays_runs_and_places_umaps_side_by_side(finished_run, tmp_p
     assert not at.exception
     loss = trace_names(chart(at, "Training loss"))
     assert "cacr · cacr-a · loss" in loss and "cacr · cacr-b · loss" in loss
+    # why pi_pos hardly moves, under the weight statistics
+    assert "K positives are the other views of its own image" in texts(at.caption)
     stats = [
         t
         for s in charts(at).values()
@@ -159,6 +172,24 @@ def test_compare_overlays_runs_and_places_umaps_side_by_side(finished_run, tmp_p
     assert {"cacr · cacr-a", "cacr · cacr-b"} <= set(trace_names(per_class))
     table = at.dataframe[0].value
     assert list(table["run"]) == ["cacr-a", "cacr-b"]  # in the order picked
+
+
+def test_compare_gives_each_method_its_own_loss_axis(finished_run, tmp_path, monkeypatch):
+    """CACR's loss (~ -1.5, d² units) and InfoNCE's (~ 4-6 nats) on one y-axis flattened
+    CACR's curve; the page did not say that the units differ."""
+    root = tmp_path / "runs"
+    shutil.copytree(finished_run, root / "cacr-a")
+    shutil.copytree(finished_run, root / "infonce-a")
+    config = json.loads((root / "infonce-a" / "config.json").read_text())
+    (root / "infonce-a" / "config.json").write_text(json.dumps({**config, "method": "infonce"}))
+    at = app(root, monkeypatch).run()
+    at.multiselect(key="compare").select("cacr-a").select("infonce-a").run()
+    assert not at.exception
+    loss = chart(at, "Training loss")
+    axes = {d["name"].split(" · ")[0]: d.get("yaxis", "y") for d in loss["data"]}
+    assert axes == {"cacr": "y", "infonce": "y2"}
+    assert "infonce · infonce-a · −s⁺/T" in trace_names(loss)
+    assert "not comparable across methods" in texts(at.caption)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 
 from cacr_lab.figures import (
     METHOD_COLORS,
+    WEIGHT_STATS,
     class_color,
     compare_rows,
     compare_table,
@@ -14,12 +15,14 @@ from cacr_lab.figures import (
     eval_curves,
     loss_curves,
     method_color,
+    part_name,
     per_class_bars,
     weight_histograms,
     weight_stats_over_time,
     weight_vs_distance,
     weights_vs_distance_curves,
 )
+from cacr_lab.figures.style import panels
 from cacr_lab.runs import RunWriter, latest_snapshot, load_run
 
 CLASS_COUNTS = [10, 20, 30]
@@ -41,10 +44,25 @@ def _d2(queries, points):
     return 2.0 - 2.0 * np.einsum("qd,qmd->qm", queries, points)
 
 
-def _write_run(path, method, parts, rng, with_weights):
+def _weight_stats(step):
+    """Eval-record weight statistics as the trainer logs them (uniform = 1; sharpening)."""
+    pos_frac, neg_frac = 0.9, 1.0 - step / 100
+    return {
+        "pos_ess_frac": pos_frac,
+        "pos_ess": pos_frac * K,
+        "pos_max_weight": 0.3,
+        "neg_ess_frac": neg_frac,
+        "neg_ess": neg_frac * N,
+        "neg_entropy_norm": 0.99,
+        "neg_max_weight": 0.05 + step / 1000,
+        "neg_wd_corr": -0.8,
+    }
+
+
+def _write_run(path, method, parts, rng, with_weights, steps=20, sides=("pos", "neg")):
     config = {"method": method, "dataset": "digits", "seed": 0, "epochs": 2}
     with RunWriter(path, config, class_counts=CLASS_COUNTS) as w:
-        for step in range(1, 21):
+        for step in range(1, steps + 1):
             part_values = {p: float(rng.normal()) for p in parts}
             w.log(
                 {
@@ -66,13 +84,10 @@ def _write_run(path, method, parts, rng, with_weights):
                         "alignment": 1.0 - step / 40,
                         "uniformity": -1.0 - step / 40,
                         "per_class_acc": [0.2, 0.5, 0.8],
-                        "pos_ess_frac": 0.9,
-                        "neg_ess_frac": 1.0 - step / 100,
-                        "neg_entropy_norm": 0.99,
-                        "neg_wd_corr": -0.8,
+                        **_weight_stats(step),
                     }
                 )
-        w.log({"kind": "eval", "epoch": 2, "step": 20, "probe_acc": 0.77})
+        w.log({"kind": "eval", "epoch": 2, "step": steps, "probe_acc": 0.77})
         queries = _unit(rng, Q)
         pos_d2, neg_d2 = _d2(queries, _unit(rng, Q, K)), _d2(queries, _unit(rng, Q, N))
         arrays = {}
@@ -83,7 +98,8 @@ def _write_run(path, method, parts, rng, with_weights):
                 "neg_weights": _softmax(-TAU_NEG * neg_d2),
                 "neg_d2": neg_d2,
             }
-        w.snapshot(20, 2, _unit(rng, 60), np.arange(60) % 3, **arrays)
+            arrays = {k: v for k, v in arrays.items() if k[:3] in sides}
+        w.snapshot(steps, 2, _unit(rng, 60), np.arange(60) % 3, **arrays)
     return load_run(path)
 
 
@@ -112,12 +128,61 @@ def au_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def infonce_run(tmp_path_factory):
+    """InfoNCE as the trainer records it: -s+/T under "attraction" (< 0), the log-sum-exp
+    under "repulsion" (> 0), and implicit weights over negatives only."""
+    rng = np.random.default_rng(2)
+    return _write_run(
+        tmp_path_factory.mktemp("runs") / "i1",
+        "infonce",
+        ["attraction", "repulsion"],
+        rng,
+        with_weights=True,
+        sides=("neg",),
+    )
+
+
+@pytest.fixture(scope="module")
 def snapshot(cacr_run):
     return latest_snapshot(cacr_run.path)
 
 
+@pytest.fixture(scope="module")
+def infonce_snapshot(infonce_run):
+    return latest_snapshot(infonce_run.path)
+
+
 def _names(fig):
     return [t.name for t in fig.data]
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _notes(fig):
+    """The messages a figure shows in panels with nothing to draw."""
+    return [a for a in fig.layout.annotations if a.name == "note"]
+
+
+def _inside(note, xaxis, yaxis) -> bool:
+    """Whether a paper-referenced annotation lies inside the panel of these axes, and is
+    centred there (plotly's "auto" anchor put a note at paper x < 1/3 off to the right)."""
+    assert note.xref == "paper" and note.yref == "paper"
+    assert note.xanchor == "center" and note.yanchor == "middle"
+    (x0, x1), (y0, y1) = xaxis.domain or (0, 1), yaxis.domain or (0, 1)
+    return x0 < note.x < x1 and y0 < note.y < y1
+
+
+def _panels_without_data_or_message(fig) -> list[str]:
+    """The x-axis refs of panels that show neither a trace nor a note inside their domain."""
+    used = {t.xaxis or "x" for t in fig.data}
+    bare = []
+    for xref, (x0, x1), (y0, y1) in panels(fig):
+        noted = any(x0 < a.x < x1 and y0 < a.y < y1 for a in _notes(fig))
+        if xref not in used and not noted:
+            bare.append(xref)
+    return bare
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +195,12 @@ def test_loss_curves_one_run_draws_loss_and_its_parts(cacr_run):
     assert isinstance(fig, go.Figure)
     assert _names(fig) == ["cacr · c1 · loss", "cacr · c1 · attraction", "cacr · c1 · repulsion"]
     assert [t.line.dash for t in fig.data] == ["solid", "dash", "dot"]
-    assert all(t.line.color == method_color("cacr") for t in fig.data)
+    # each part in its own shade of the method's colour: loss in the colour itself
+    assert fig.data[0].line.color == method_color("cacr")
+    assert len({t.line.color for t in fig.data}) == 3
     np.testing.assert_array_equal(fig.data[0].x, np.arange(1, 21))
     assert fig.layout.title.text and fig.layout.xaxis.title.text == "step"
+    assert "d²" in fig.layout.annotations[0].text  # the panel names its unit
 
 
 def test_every_registered_method_has_its_own_colour():
@@ -151,9 +219,57 @@ def test_loss_curves_overlays_runs_with_their_own_parts(cacr_run, au_run):
     assert {t.line.color for t in fig.data[:3]} != {t.line.color for t in fig.data[3:]}
 
 
+def test_two_methods_get_their_own_panel_and_y_axis(cacr_run, infonce_run):
+    """CACR's parts are d² in [0, 4] / [-4, 0]; InfoNCE's ~ -2 and ~6 nats: on one y-axis the
+    CACR curve was flat. Each method has a panel titled with its terms and unit."""
+    fig = loss_curves([cacr_run, infonce_run])
+    axes = {(t.name.split(" · ")[0], t.yaxis) for t in fig.data}
+    assert axes == {("cacr", "y"), ("infonce", "y2")}
+    titles = [a.text for a in fig.layout.annotations if a.name != "note"]
+    assert "cacr" in titles[0] and "d²" in titles[0]
+    assert "infonce" in titles[1] and "nats" in titles[1]
+    # InfoNCE's logged parts have the opposite signs of CACR's: named by their terms
+    assert _names(fig)[3:] == [
+        "infonce · i1 · loss",
+        "infonce · i1 · −s⁺/T",
+        "infonce · i1 · log-sum-exp",
+    ]
+    assert (
+        part_name("infonce", "attraction") == "−s⁺/T"
+        and part_name("cacr", "repulsion") == "repulsion"
+    )
+    # one step axis for both panels, its title on the bottom one
+    assert fig.layout.xaxis.matches == "x2" and fig.layout.xaxis2.title.text == "step"
+
+
+def test_a_method_without_records_yet_gets_a_note_in_its_own_panel(cacr_run, tmp_path):
+    RunWriter(tmp_path / "new", {"method": "infonce"}).close()
+    fig = loss_curves([cacr_run, load_run(tmp_path / "new")])
+    (note,) = _notes(fig)
+    assert _inside(note, fig.layout.xaxis2, fig.layout.yaxis2) and "nothing recorded" in note.text
+    assert _panels_without_data_or_message(fig) == []
+    assert fig.layout.xaxis.showticklabels is True  # the steps still read on cacr's panel
+
+
 def test_two_runs_of_one_method_get_distinct_shades(cacr_run):
     fig = loss_curves([cacr_run, cacr_run])
     assert fig.data[0].line.color != fig.data[3].line.color
+    # ... and every series of the figure its own (colour, dash) pair
+    assert len({(t.line.color, t.line.dash) for t in fig.data}) == 6
+
+
+def test_a_series_of_one_point_is_drawn_as_a_marker(tmp_path):
+    """A run stopped after one step: a line through one point drew an empty chart."""
+    run = _write_run(tmp_path / "s1", "cacr", ["attraction", "repulsion"], _rng(), True, steps=1)
+    fig = loss_curves(run)
+    assert [t.mode for t in fig.data] == ["markers"] * 3
+    assert [t.marker.symbol for t in fig.data] == ["circle", "triangle-up", "triangle-down"]
+    assert all(
+        t.mode == "lines"
+        for t in loss_curves(
+            _write_run(tmp_path / "s2", "cacr", ["attraction"], _rng(), True, steps=2)
+        ).data
+    )
 
 
 def test_eval_curves(cacr_run, au_run):
@@ -171,12 +287,31 @@ def test_eval_curves(cacr_run, au_run):
     np.testing.assert_allclose(knn.y, [0.35, 0.4, 0.45, 0.5])
 
 
+def test_the_probe_is_drawn_as_the_title_says(cacr_run):
+    """The probe is one point at the end: a diamond, as the panel title says (it said
+    "dashed" over a lone dot), in its own shade of the run's colour."""
+    fig = eval_curves(cacr_run)
+    knn, probe = fig.data[0], fig.data[1]
+    title = fig.layout.annotations[0].text
+    assert probe.mode == "markers" and probe.marker.symbol == "diamond" and "◆" in title
+    assert "lines" in knn.mode and knn.marker.symbol == "circle" and "●" in title
+    assert knn.line.color == method_color("cacr") and probe.marker.color != knn.line.color
+
+
 def test_weight_stats_over_time(cacr_run):
     fig = weight_stats_over_time(cacr_run)
-    # pos: ess_frac only; neg: ess_frac, entropy_norm, wd_corr
-    assert _names(fig) == ["cacr · c1 · pi_pos"] + ["cacr · c1 · pi_neg"] * 3
-    assert [t.showlegend for t in fig.data] == [True, True, False, False]
-    np.testing.assert_allclose(fig.data[1].y, [0.95, 0.9, 0.85, 0.8])
+    # pos: ess_frac, max_weight; neg: ess_frac, entropy_norm, max_weight
+    assert _names(fig) == ["cacr · c1 · pi_pos"] * 2 + ["cacr · c1 · pi_neg"] * 3
+    assert [t.showlegend for t in fig.data] == [True, False, True, False, False]
+    np.testing.assert_allclose(fig.data[2].y, [0.95, 0.9, 0.85, 0.8])
+    # the largest weight × set size (K = 4, N = 20): 1 = uniform, like the other panels
+    np.testing.assert_allclose(fig.data[1].y, [0.3 * K] * 4)
+    np.testing.assert_allclose(fig.data[4].y, [(0.05 + s / 1000) * N for s in (5, 10, 15, 20)])
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == list(WEIGHT_STATS.values()) and "largest weight × set size" in titles
+    # corr(weight, d²) is ±1 by construction (the weights are a function of d²): not drawn
+    assert not any("corr" in t for t in titles)
+    assert [t.line.dash for t in fig.data] == ["solid"] * 2 + ["dash"] * 3
 
 
 def test_curves_reject_bad_input(cacr_run):
@@ -190,7 +325,24 @@ def test_curves_reject_bad_input(cacr_run):
 def test_a_run_without_records_gives_an_annotated_empty_figure(tmp_path):
     RunWriter(tmp_path / "empty", {"method": "cacr"}).close()
     fig = loss_curves(load_run(tmp_path / "empty"))
-    assert len(fig.data) == 0 and "nothing recorded" in fig.layout.annotations[0].text
+    assert len(fig.data) == 0
+    (note,) = _notes(fig)
+    assert "nothing recorded" in note.text
+    assert _inside(note, fig.layout.xaxis, fig.layout.yaxis)
+    assert fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False
+
+
+def test_a_fresh_run_notes_every_empty_panel_of_the_concentration_grid(tmp_path):
+    """At a run's start: one note per panel (it was one, floating between the panels, over a
+    grid of empty axes)."""
+    RunWriter(tmp_path / "fresh", {"method": "cacr"}).close()
+    run = load_run(tmp_path / "fresh")
+    for fig in (weight_stats_over_time(run), eval_curves(run)):
+        notes = _notes(fig)
+        assert len(notes) == 3
+        for note, (xref, xdomain, ydomain) in zip(notes, panels(fig), strict=True):
+            assert xdomain[0] < note.x < xdomain[1] and ydomain[0] < note.y < ydomain[1]
+            assert fig.layout["xaxis" + xref[1:]].visible is False
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +390,41 @@ def test_weight_vs_distance_shows_cacr_direction(snapshot):
     assert len(weight_vs_distance(snapshot, n_queries=100).data) == 2 * Q
     with pytest.raises(ValueError, match="n_queries"):
         weight_vs_distance(snapshot, n_queries=0)
+
+
+@pytest.mark.parametrize("builder", [weight_histograms, weight_vs_distance])
+def test_infonce_weight_panels_say_that_pi_pos_is_not_recorded(builder, infonce_snapshot):
+    """InfoNCE records no pi_pos: its panel says so inside itself, its title names no "None",
+    and the note lands on the pi_pos panel, not on the pi_neg one."""
+    fig = builder(infonce_snapshot, method="infonce")
+    texts = [a.text for a in fig.layout.annotations] + [fig.layout.title.text]
+    assert not any("None" in t for t in texts), texts
+    (note,) = _notes(fig)
+    assert "infonce" in note.text and "no positives" in note.text
+    assert _inside(note, fig.layout.xaxis, fig.layout.yaxis)
+    assert not _inside(note, fig.layout.xaxis2, fig.layout.yaxis2)
+    assert fig.layout.xaxis.visible is False  # no empty axes under the note
+    assert {t.xaxis for t in fig.data} == {"x2"} and _panels_without_data_or_message(fig) == []
+    assert f"N = {N} negatives" in fig.layout.annotations[1].text
+
+
+def test_a_snapshot_without_pi_pos_and_no_method_says_only_that(infonce_snapshot):
+    (note,) = _notes(weight_histograms(infonce_snapshot))
+    assert note.text == "not in this<br>snapshot"
+
+
+@pytest.mark.parametrize("builder", [weight_histograms, weight_vs_distance])
+def test_cacr_weight_panels_name_their_set_sizes(builder, snapshot):
+    fig = builder(snapshot)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [f"K = {K} positives", f"N = {N} negatives"] and not _notes(fig)
+
+
+def test_theory_log_axis_reads_powers_of_ten():
+    """plotly's default SI labels read "1μ, 100μ" on notebook 01's log axes."""
+    fig = weights_vs_distance_curves(D2, [5.0], kind="neg", log_y=True)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.exponentformat == "power"
+    assert weights_vs_distance_curves(D2, [5.0]).layout.yaxis.exponentformat is None
 
 
 def test_embedding_scatter_one_trace_per_class(snapshot):

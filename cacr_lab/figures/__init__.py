@@ -14,12 +14,19 @@ Conventions:
 - A class keeps one colour everywhere (:func:`class_color`).
 - Conditional weights are shown as *weight × set size* (pi_pos × K, pi_neg × N), so 1 means
   uniform whatever the set size; > 1 means the point gets more than its uniform share.
-- Loss parts keep one line style each: loss solid, attraction dashed, repulsion dotted, ...
+- Loss parts keep one line style, marker and shade each: loss solid, attraction dashed,
+  repulsion dotted, ... Each method's loss has its own panel and y-axis (the units differ), and
+  InfoNCE's parts are named by their terms (-s+/T, log-sum-exp: their signs are the opposite of
+  CACR's attraction and repulsion).
+- A panel with nothing to show says so inside it; legends sit under the plot.
+- Every figure renders offline: :func:`write_html` writes plotly.js beside the HTML pages, and
+  :func:`setup_notebook` makes notebook outputs carry it (for an HTML export).
 
 Map (import everything from ``cacr_lab.figures``; the modules are where it lives):
 
 - :mod:`~cacr_lab.figures.style`: the shared look -- :data:`METHOD_COLORS`, :func:`method_color`,
-  :func:`class_color`, :func:`run_label`, line styles, axis titles, the template.
+  :func:`class_color`, :func:`run_label`, :func:`part_name`, line styles, axis titles, the
+  template, the layout widths and :func:`wrap` for titles.
 - :mod:`~cacr_lab.figures.training`: a run's records over training and runs side by side --
   :func:`loss_curves`, :func:`eval_curves`, :func:`weight_stats_over_time`,
   :func:`per_class_bars`, :func:`compare_rows` (a plain table widget), :func:`compare_table`,
@@ -27,9 +34,11 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
 - :mod:`~cacr_lab.figures.weights`: the conditional weights -- :func:`weight_histograms`,
   :func:`weight_vs_distance` (a snapshot) and :func:`weights_vs_distance_curves` (theory).
 - :mod:`~cacr_lab.figures.embedding`: :func:`compute_umap` (with its numba disk cache,
-  :func:`enable_umap_disk_cache`, :func:`warm_up_umap`) and :func:`embedding_scatter`.
+  :func:`enable_umap_disk_cache`, :func:`warm_up_umap`), :func:`embedding_scatter` and
+  :func:`embedding_panels` (maps side by side, one figure).
 - :mod:`~cacr_lab.figures.theory`: figures of :mod:`cacr_lab.theory`'s data --
   :func:`force_field`, :func:`query_force_figure`, :func:`theory_curves`.
+- :mod:`~cacr_lab.figures.output`: :func:`write_html` and :func:`setup_notebook`.
 
 >>> import numpy as np
 >>> fig = weights_vs_distance_curves(np.linspace(0, 4, 9), [0.0, 1.0], kind="neg")
@@ -39,11 +48,21 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
 
 from cacr_lab.figures.embedding import (
     compute_umap,
+    embedding_panels,
     embedding_scatter,
     enable_umap_disk_cache,
     warm_up_umap,
 )
-from cacr_lab.figures.style import METHOD_COLORS, class_color, method_color, run_label
+from cacr_lab.figures.output import setup_notebook, write_html
+from cacr_lab.figures.style import (
+    DESIGN_WIDTHS,
+    METHOD_COLORS,
+    class_color,
+    method_color,
+    part_name,
+    run_label,
+    wrap,
+)
 from cacr_lab.figures.theory import FORCE_COLORS, force_field, query_force_figure, theory_curves
 from cacr_lab.figures.training import (
     LOSS_PARTS,
@@ -63,6 +82,7 @@ from cacr_lab.figures.weights import (
 )
 
 __all__ = [
+    "DESIGN_WIDTHS",
     "FORCE_COLORS",
     "LOSS_PARTS",
     "METHOD_COLORS",
@@ -71,6 +91,7 @@ __all__ = [
     "compare_rows",
     "compare_table",
     "compute_umap",
+    "embedding_panels",
     "embedding_scatter",
     "enable_umap_disk_cache",
     "eval_curves",
@@ -78,13 +99,17 @@ __all__ = [
     "loss_curves",
     "method_color",
     "metric_bars",
+    "part_name",
     "per_class_bars",
     "query_force_figure",
     "run_label",
+    "setup_notebook",
     "theory_curves",
     "warm_up_umap",
     "weight_histograms",
     "weight_stats_over_time",
     "weight_vs_distance",
     "weights_vs_distance_curves",
+    "wrap",
+    "write_html",
 ]

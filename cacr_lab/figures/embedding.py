@@ -1,17 +1,19 @@
 """The embedding picture: a 2-D map of the embeddings (UMAP, or PCA for tiny sets) and its scatter.
 
 :func:`compute_umap` maps (n, D) embeddings to (n, 2); :func:`embedding_scatter` draws any 2-D
-points coloured by class. umap-learn compiles its numba code on first use (~20 s a process), so
+points coloured by class, :func:`embedding_panels` several such maps side by side in one
+figure. umap-learn compiles its numba code on first use (~20 s a process), so
 :func:`enable_umap_disk_cache` keeps the machine code on disk and :func:`warm_up_umap` compiles
 (or loads) it ahead of the first real UMAP; umap-learn itself is imported only when a UMAP is
 asked for.
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from cacr_lab.figures.style import _finish, class_color
 
@@ -144,6 +146,52 @@ def warm_up_umap(n: int = 64, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+def _check_points(xy: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xy = np.asarray(xy, dtype=np.float64)
+    labels = np.asarray(labels)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"xy must be (n, 2), got shape {xy.shape}")
+    if labels.shape != (xy.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be (n,) = ({xy.shape[0]},) ints, got {labels.shape} {labels.dtype}"
+        )
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {labels.min()}")
+    return xy, labels
+
+
+def _n_classes(labels: Sequence[np.ndarray], class_names: Sequence[str] | None) -> int:
+    n_classes = max((int(lab.max()) + 1 for lab in labels if lab.size), default=0)
+    if class_names is not None:
+        if len(class_names) < n_classes:
+            raise ValueError(f"{len(class_names)} class_names for labels up to {n_classes - 1}")
+        n_classes = len(class_names)
+    return n_classes
+
+
+def _class_traces(
+    xy: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None, n_classes: int
+) -> list[go.Scatter]:
+    """One marker trace per class present, named and coloured by class, legend-grouped by it."""
+    traces = []
+    for c in np.unique(labels):
+        mask = labels == c
+        name = str(class_names[c]) if class_names is not None else str(c)
+        traces.append(
+            go.Scatter(
+                x=xy[mask, 0],
+                y=xy[mask, 1],
+                mode="markers",
+                name=name,
+                legendgroup=name,
+                marker={"color": class_color(int(c), n_classes), "size": 5, "opacity": 0.75},
+                hovertemplate=f"{name}<br>point %{{customdata}}<extra></extra>",
+                customdata=np.flatnonzero(mask),
+            )
+        )
+    return traces
+
+
 def embedding_scatter(
     xy: np.ndarray,
     labels: np.ndarray,
@@ -156,36 +204,38 @@ def embedding_scatter(
 
     ``class_names[c]`` names class c in the legend (default: the number).
     """
-    xy = np.asarray(xy, dtype=np.float64)
-    labels = np.asarray(labels)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"xy must be (n, 2), got shape {xy.shape}")
-    if labels.shape != (xy.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be (n,) = ({xy.shape[0]},) ints, got {labels.shape} {labels.dtype}"
-        )
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {labels.min()}")
-    n_classes = int(labels.max()) + 1 if labels.size else 0
-    if class_names is not None:
-        if len(class_names) < n_classes:
-            raise ValueError(f"{len(class_names)} class_names for labels up to {n_classes - 1}")
-        n_classes = len(class_names)
-    fig = go.Figure()
-    for c in np.unique(labels):
-        mask = labels == c
-        name = str(class_names[c]) if class_names is not None else str(c)
-        fig.add_trace(
-            go.Scatter(
-                x=xy[mask, 0],
-                y=xy[mask, 1],
-                mode="markers",
-                name=name,
-                marker={"color": class_color(int(c), n_classes), "size": 5, "opacity": 0.75},
-                hovertemplate=f"{name}<br>point %{{customdata}}<extra></extra>",
-                customdata=np.flatnonzero(mask),
-            )
-        )
+    xy, labels = _check_points(xy, labels)
+    fig = go.Figure(_class_traces(xy, labels, class_names, _n_classes([labels], class_names)))
     fig.update_xaxes(title_text=f"{axis_name} 1")
     fig.update_yaxes(title_text=f"{axis_name} 2", scaleanchor="x", scaleratio=1)
     return _finish(fig, title, height=550)
+
+
+def embedding_panels(
+    maps: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str] | None = None,
+    title: str = "Embeddings side by side",
+    *,
+    axis_name: str = "UMAP",
+) -> go.Figure:
+    """Several 2-D maps side by side in one figure: one subplot per entry of ``maps`` (subplot
+    title -> ``(xy (n, 2), labels (n,) ints)``), coloured by class as :func:`embedding_scatter`
+    colours them, with one legend entry per class that toggles it in every panel.
+
+    One figure rather than a row of separate outputs, so that it survives wherever a figure
+    goes (a notebook's HTML export kept only the repr of a widget row).
+    """
+    if not maps:
+        raise ValueError("no maps given")
+    checked = {name: _check_points(xy, labels) for name, (xy, labels) in maps.items()}
+    n_classes = _n_classes([labels for _, labels in checked.values()], class_names)
+    fig = make_subplots(rows=1, cols=len(checked), subplot_titles=list(checked))
+    for col, (xy, labels) in enumerate(checked.values(), start=1):
+        for trace in _class_traces(xy, labels, class_names, n_classes):
+            trace.showlegend = col == 1
+            fig.add_trace(trace, row=1, col=col)
+        anchor = "x" if col == 1 else f"x{col}"
+        fig.update_xaxes(title_text=f"{axis_name} 1", row=1, col=col)
+        fig.update_yaxes(scaleanchor=anchor, scaleratio=1, row=1, col=col)
+    fig.update_yaxes(title_text=f"{axis_name} 2", row=1, col=1)
+    return _finish(fig, title, height=500)

@@ -17,18 +17,29 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cacr_lab.figures.style import _DASH, _as_runs, _finish, _run_colors, run_label
+from cacr_lab.figures.style import (
+    LOSS_UNITS,
+    _as_runs,
+    _finish,
+    _run_colors,
+    part_name,
+    run_label,
+    series_style,
+)
 from cacr_lab.runs import Run, last_value, run_state, series
 
 # Known loss parts of train records, in legend order; any of them present is drawn.
 LOSS_PARTS = ("attraction", "repulsion", "alignment", "uniformity")
 
-# Weight statistics of eval records: key suffix -> panel title. Prefixed with pos_ / neg_.
+# Weight statistics of eval records drawn over training: key suffix -> panel title. Prefixed with
+# pos_ / neg_. Each is 1 for uniform weights: the ESS and the entropy fall as the weights
+# sharpen, the largest weight x set size rises. (The records' wd_corr, the correlation of a
+# weight with its d², is not drawn: the weights are a monotone function of d², so it is ±1 by
+# construction and says nothing about training.)
 WEIGHT_STATS = {
-    "ess_frac": "effective sample size / set size",
+    "ess_frac": "ESS / set size",
     "entropy_norm": "entropy / log(set size)",
-    "max_weight": "largest weight",
-    "wd_corr": "corr(weight, d²)",
+    "max_weight": "largest weight × set size",
 }
 
 
@@ -37,48 +48,73 @@ WEIGHT_STATS = {
 # --------------------------------------------------------------------------------------------
 
 
-def loss_curves(runs: Run | Sequence[Run], *, parts: Sequence[str] = LOSS_PARTS) -> go.Figure:
-    """Training loss and its parts over steps, one colour per run, one line style per part.
+def _line(steps: np.ndarray, values: np.ndarray, color: str, key: str, **kw: Any) -> go.Scatter:
+    """A series over steps in the style of ``key`` (:func:`series_style`); a series of one point
+    is drawn as its marker (a line through one point draws nothing)."""
+    return go.Scatter(
+        x=steps,
+        y=values,
+        mode="lines" if steps.size > 1 else "markers",
+        **series_style(color, key),
+        **kw,
+    )
 
-    Draws ``loss`` and every key of ``parts`` that the run's train records hold (cacr logs
-    attraction/repulsion; AU-CL alignment/uniformity), so one trace per (run, key present).
+
+def loss_curves(runs: Run | Sequence[Run], *, parts: Sequence[str] = LOSS_PARTS) -> go.Figure:
+    """Training loss and its parts over steps: one panel (and y-axis) per method, one colour
+    per run, one line style and shade per part.
+
+    The losses of different methods have different units -- CACR's parts are weighted squared
+    distances in [0, 4] and [-4, 0], InfoNCE's are -s+/T and a log-sum-exp in nats -- so each
+    method gets its own panel, titled with its terms (:data:`LOSS_UNITS`), stacked on one step
+    axis. Draws ``loss`` and every key of ``parts`` that a run's train records hold, so one
+    trace per (run, key present), named ``"{run label} · {part}"`` with the part named as the
+    method means it (:func:`part_name`: InfoNCE's logged "attraction" is its -s+/T term).
     """
     runs = _as_runs(runs)
-    fig = go.Figure()
+    methods = list(dict.fromkeys(r.method for r in runs))
+    fig = make_subplots(
+        rows=len(methods),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.22 / len(methods) if len(methods) > 1 else 0.0,
+        subplot_titles=[LOSS_UNITS.get(m, f"{m} · loss and its parts") for m in methods],
+    )
     for run, color in zip(runs, _run_colors(runs), strict=True):
         records = run.train_records()
+        row = methods.index(run.method) + 1
         for key in ("loss", *parts):
             steps, values = series(records, key)
             if steps.size == 0:
                 continue
+            name = f"{run_label(run)} · {part_name(run.method, key)}"
             fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=values,
-                    mode="lines",
-                    name=f"{run_label(run)} · {key}",
-                    legendgroup=run.name,
-                    line={"color": color, "dash": _DASH.get(key, "solid")},
-                )
+                _line(steps, values, color, key, name=name, legendgroup=run.name),
+                row=row,
+                col=1,
             )
-    fig.update_xaxes(title_text="step")
+    # Step ticks on every panel: the bottom one is hidden while its method has no records yet.
+    fig.update_xaxes(showticklabels=True)
+    fig.update_xaxes(title_text="step", row=len(methods))
     fig.update_yaxes(title_text="loss (per part)")
-    return _finish(fig, "Training loss and its parts")
+    return _finish(fig, "Training loss and its parts", height=170 + 230 * len(methods))
 
 
 def eval_curves(runs: Run | Sequence[Run]) -> go.Figure:
-    """Evaluation over steps in three panels: kNN (and linear-probe) accuracy, alignment,
-    uniformity. One trace per (run, metric present); a run's legend entry appears once per metric.
+    """Evaluation over steps in three panels: kNN accuracy (line, circles) with the linear
+    probe (diamonds: usually one, at the end of the run), alignment, uniformity. One trace per
+    (run, metric present); a run's legend entry appears once per metric.
     """
     runs = _as_runs(runs)
     panels = (("knn_acc", "probe_acc"), ("alignment",), ("uniformity",))
     fig = make_subplots(
         rows=1,
         cols=3,
+        horizontal_spacing=0.08,
         subplot_titles=(
-            "kNN (solid) / linear probe (dashed) accuracy",
-            "alignment (lower: positives closer)",
-            "uniformity (lower: more uniform)",
+            "accuracy: kNN ●, probe ◆",
+            "alignment (lower: closer)",
+            "uniformity (lower: spread)",
         ),
     )
     for run, color in zip(runs, _run_colors(runs), strict=True):
@@ -87,59 +123,76 @@ def eval_curves(runs: Run | Sequence[Run]) -> go.Figure:
             for key in keys:
                 steps, values = series(records, key)
                 if steps.size:
-                    fig.add_trace(
-                        go.Scatter(
-                            x=steps,
-                            y=values,
-                            mode="lines+markers",
-                            name=f"{run_label(run)} · {key}",
-                            legendgroup=run.name,
-                            line={"color": color, "dash": _DASH.get(key)},
-                        ),
-                        row=1,
-                        col=col,
+                    trace = _line(
+                        steps,
+                        values,
+                        color,
+                        key,
+                        name=f"{run_label(run)} · {key}",
+                        legendgroup=run.name,
                     )
+                    if key == "probe_acc":  # a point or a few: markers, as the title says
+                        trace.update(mode="markers", marker_size=11)
+                    elif steps.size > 1:
+                        trace.update(mode="lines+markers")
+                    fig.add_trace(trace, row=1, col=col)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     return _finish(fig, "Evaluation during training", height=420)
 
 
+def _stat_series(records: Sequence[Mapping[str, Any]], side: str, stat: str):
+    """(steps, values) of weight statistic ``stat`` of ``side`` over the eval records. The
+    largest weight is multiplied by the set size (ess / ess_frac), as the other panels are
+    relative to it: 1 = uniform whatever the set size."""
+    if stat != "max_weight":
+        return series(records, f"{side}_{stat}")
+    scaled = []
+    for rec in records:
+        top, ess, frac = (rec.get(f"{side}_{k}") for k in ("max_weight", "ess", "ess_frac"))
+        if all(isinstance(v, (int, float)) for v in (top, ess, frac)) and frac > 0:
+            scaled.append({"step": rec.get("step"), "v": top * round(ess / frac)})
+    return series(scaled, "v")
+
+
 def weight_stats_over_time(runs: Run | Sequence[Run]) -> go.Figure:
     """How concentrated pi_pos (solid) and pi_neg (dashed) are over training, from eval records.
 
-    Four panels: ESS fraction, normalised entropy (both 1 = uniform, lower = sharper), largest
-    weight, and the weight-distance correlation (CACR: > 0 for positives, < 0 for negatives).
-    One trace per (run, side, statistic present); legend entries appear once per (run, side).
+    Three panels (:data:`WEIGHT_STATS`), each 1 for uniform weights: ESS fraction and
+    normalised entropy fall as the weights sharpen, the largest weight × set size rises. One
+    trace per (run, side, statistic present); legend entries appear once per (run, side). A
+    panel with no records yet says so.
     """
     runs = _as_runs(runs)
     fig = make_subplots(
-        rows=2, cols=2, subplot_titles=list(WEIGHT_STATS.values()), vertical_spacing=0.14
+        rows=1, cols=3, subplot_titles=list(WEIGHT_STATS.values()), horizontal_spacing=0.08
     )
     for run, color in zip(runs, _run_colors(runs), strict=True):
         records = run.eval_records()
         for side in ("pos", "neg"):
             shown = False
-            for i, stat in enumerate(WEIGHT_STATS):
-                steps, values = series(records, f"{side}_{stat}")
+            for col, stat in enumerate(WEIGHT_STATS, start=1):
+                steps, values = _stat_series(records, side, stat)
                 if steps.size == 0:
                     continue
-                fig.add_trace(
-                    go.Scatter(
-                        x=steps,
-                        y=values,
-                        mode="lines+markers",
-                        name=f"{run_label(run)} · pi_{side}",
-                        legendgroup=f"{run.name}/{side}",
-                        showlegend=not shown,
-                        line={"color": color, "dash": _DASH[side]},
-                    ),
-                    row=i // 2 + 1,
-                    col=i % 2 + 1,
+                trace = _line(
+                    steps,
+                    values,
+                    color,
+                    side,
+                    name=f"{run_label(run)} · pi_{side}",
+                    legendgroup=f"{run.name}/{side}",
+                    showlegend=not shown,
                 )
+                fig.add_trace(trace, row=1, col=col)
                 shown = True
-    fig.update_xaxes(title_text="step", row=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="1 = uniform", row=1, col=1)
     return _finish(
-        fig, "Concentration of the conditional weights (solid pi_pos, dashed pi_neg)", height=600
+        fig,
+        "Concentration of the conditional weights<br><sup>1 = uniform · pi_pos solid, "
+        "pi_neg dashed</sup>",
+        height=400,
     )
 
 

@@ -18,7 +18,13 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cacr_lab.figures.style import _D2_AXIS, _UNIFORM_AXIS, METHOD_COLORS, _finish
+from cacr_lab.figures.style import (
+    _D2_AXIS,
+    _UNIFORM_AXIS,
+    METHOD_COLORS,
+    _finish,
+    _panel_note,
+)
 from cacr_lab.runs import Snapshot
 
 
@@ -37,37 +43,49 @@ def _weights(snapshot: Snapshot, need_d2: bool) -> dict[str, tuple[np.ndarray, n
     return sides
 
 
-def weight_histograms(snapshot: Snapshot, title: str | None = None, *, bins: int = 40) -> go.Figure:
+def _missing_side_note(method: str | None, side: str) -> str:
+    """The note in the panel of a side the snapshot does not hold: for a run's ``method``, it
+    weights none (InfoNCE and its kin: one positive per view pair, nothing to weight); without
+    a method, only that this snapshot has none."""
+    if method is None:
+        return "not in this<br>snapshot"
+    what = "positives" if side == "pos" else "negatives"
+    return f"not recorded:<br>{method} weights<br>no {what}"
+
+
+def _side_titles(sides: dict, prefix: str = "") -> list[str]:
+    """Subplot titles naming each side and its set size, short enough for a half-width chart."""
+    titles = []
+    for side, letter, what in (("pos", "K", "positives"), ("neg", "N", "negatives")):
+        if side in sides:
+            titles.append(f"{prefix}{letter} = {sides[side][0].shape[1]} {what}")
+        else:
+            titles.append(f"{prefix}no {what} weighted")
+    return titles
+
+
+def weight_histograms(
+    snapshot: Snapshot,
+    title: str | None = None,
+    *,
+    bins: int = 40,
+    method: str | None = None,
+) -> go.Figure:
     """Histograms of pi_pos × K and pi_neg × N over the snapshot's Q sampled queries.
 
-    Two panels; a side missing from the snapshot is left empty with a note. Traces are bar
-    traces named ``pi_pos`` and ``pi_neg``: ``bins`` equal bins of ``weights.ravel() * set
-    size`` between its min and max, x the bin centres, y the fraction of weights in each.
+    Two panels, titled with the set sizes; a side missing from the snapshot (InfoNCE records no
+    pi_pos) keeps its panel with a note saying so -- ``method`` names the loss in it. Traces
+    are bar traces named ``pi_pos`` and ``pi_neg``: ``bins`` equal bins of ``weights.ravel() *
+    set size`` between its min and max, x the bin centres, y the fraction of weights in each.
     Binned here, not by plotly.js: the raw weights of a snapshot are tens of thousands of
     numbers, which made the page's JSON ~50x larger and the browser seconds slower to draw.
     """
     sides = _weights(snapshot, need_d2=False)
-    sizes = {s: sides[s][0].shape[1] if s in sides else None for s in ("pos", "neg")}
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=(
-            f"pi_pos (K = {sizes['pos']} positives per query)",
-            f"pi_neg (N = {sizes['neg']} negatives per query)",
-        ),
-    )
-    for col, side in enumerate(("pos", "neg"), start=1):
+    fig = make_subplots(rows=1, cols=2, subplot_titles=_side_titles(sides))
+    for col, (side, letter) in enumerate((("pos", "K"), ("neg", "N")), start=1):
+        fig.update_xaxes(title_text=f"pi_{side} × {letter} (1 = uniform)", row=1, col=col)
         if side not in sides:
-            fig.add_annotation(
-                text="not recorded",
-                showarrow=False,
-                row=1,
-                col=col,
-                x=0.5,
-                y=0.5,
-                xref="x domain",
-                yref="y domain",
-            )
+            _panel_note(fig, _missing_side_note(method, side), row=1, col=col)
             continue
         w = sides[side][0]
         values = (w * w.shape[1]).ravel()
@@ -78,35 +96,39 @@ def weight_histograms(snapshot: Snapshot, title: str | None = None, *, bins: int
                 y=counts / max(values.size, 1),
                 width=np.diff(edges),
                 name=f"pi_{side}",
+                showlegend=False,  # the panel titles say which is which
                 marker_color="#2CA02C" if side == "pos" else "#D62728",
                 marker_line_width=0,
                 opacity=0.8,
-                hovertemplate="%{x:.3g}: %{y:.1%}<extra></extra>",
+                hovertemplate=f"pi_{side} × {letter} " + "%{x:.3g}: %{y:.1%}<extra></extra>",
             ),
             row=1,
             col=col,
         )
         fig.add_vline(x=1.0, line_dash="dot", line_color="gray", row=1, col=col)
-    fig.update_xaxes(title_text=_UNIFORM_AXIS)
     fig.update_yaxes(title_text="fraction of weights", row=1, col=1)
     default = f"Conditional weights at step {snapshot.step} (epoch {snapshot.epoch})"
     return _finish(fig, title or default, height=380)
 
 
-def weight_vs_distance(snapshot: Snapshot, n_queries: int = 4) -> go.Figure:
+def weight_vs_distance(
+    snapshot: Snapshot, n_queries: int = 4, *, method: str | None = None
+) -> go.Figure:
     """Weight × set size against d² for the first ``n_queries`` sampled queries.
 
     CACR's picture: pi_pos rises with d² (far positives pulled hardest), pi_neg falls with d²
-    (near negatives pushed hardest). One marker trace per (side, query), named ``query q``.
+    (near negatives pushed hardest). One marker trace per (side, query), named ``query q``. A
+    side missing from the snapshot keeps its panel with a note (``method`` names the loss).
     """
     if not isinstance(n_queries, int) or n_queries < 1:
         raise ValueError(f"n_queries must be an int >= 1, got {n_queries!r}")
     sides = _weights(snapshot, need_d2=True)
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("positives: pi_pos × K", "negatives: pi_neg × N")
-    )
-    for col, side in enumerate(("pos", "neg"), start=1):
+    # a y-axis title on each panel: a wider gap than plotly's 0.1 keeps it off its neighbour
+    fig = make_subplots(rows=1, cols=2, subplot_titles=_side_titles(sides), horizontal_spacing=0.16)
+    for col, (side, letter) in enumerate((("pos", "K"), ("neg", "N")), start=1):
+        fig.update_yaxes(title_text=f"pi_{side} × {letter}", row=1, col=col)
         if side not in sides:
+            _panel_note(fig, _missing_side_note(method, side), row=1, col=col)
             continue
         w, d2 = sides[side]
         d2 = np.asarray(d2, dtype=np.float64)
@@ -126,8 +148,10 @@ def weight_vs_distance(snapshot: Snapshot, n_queries: int = 4) -> go.Figure:
             )
         fig.add_hline(y=1.0, line_dash="dot", line_color="gray", row=1, col=col)
     fig.update_xaxes(title_text=_D2_AXIS)
-    fig.update_yaxes(title_text=_UNIFORM_AXIS, row=1, col=1)
-    title = f"Weight against squared distance, step {snapshot.step} (epoch {snapshot.epoch})"
+    title = (
+        f"Weight against squared distance<br><sup>step {snapshot.step} (epoch "
+        f"{snapshot.epoch}) · weight × set size: 1 = uniform</sup>"
+    )
     return _finish(fig, title, height=400)
 
 
@@ -206,6 +230,11 @@ def weights_vs_distance_curves(
         )
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     fig.update_xaxes(title_text=_D2_AXIS, range=[0, 4])
-    fig.update_yaxes(title_text=_UNIFORM_AXIS, type="log" if log_y else "linear")
+    # A log axis in powers of ten: plotly's default SI labels read "1μ, 100μ" for 1e-6, 1e-4.
+    fig.update_yaxes(
+        title_text=_UNIFORM_AXIS,
+        type="log" if log_y else "linear",
+        exponentformat="power" if log_y else None,
+    )
     side = "positive" if kind == "pos" else "negative"
     return _finish(fig, f"Conditional weight of a {side} against its squared distance")
