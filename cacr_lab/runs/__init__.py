@@ -6,6 +6,9 @@ top (each module imports only those above it in this list):
 
 - ``format``: the spec, file names and constants, paths (:func:`run_path`,
   :func:`checkpoint_path`, ...), the JSON helpers and :func:`atomic_write`, the one atomic write;
+- ``ownership``: whether a folder is a run (:func:`run_format_of`, :func:`check_replaceable`), its
+  lock (:class:`RunLock`), the identity of its process (:func:`process_token`,
+  :func:`process_alive`);
 - ``reader``: :class:`Run`, :func:`load_run`, :func:`list_runs`, :class:`MetricsTail`,
   :class:`Snapshot` and :func:`latest_snapshot`, stored evaluations, cheap status reads;
 - ``writer``: :class:`RunWriter` (the trainer's) and :func:`write_evaluation`;
@@ -20,6 +23,8 @@ from cacr_lab.runs.format import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     EVALUATION_FILE,
+    FORMAT_VERSION,
+    LOCK_FILE,
     LOG_FILE,
     MAX_RUN_NAME,
     METRICS_FILE,
@@ -30,11 +35,19 @@ from cacr_lab.runs.format import (
     atomic_write,
     checkpoint_dir,
     checkpoint_path,
+    io_error,
     last_checkpoint,
     new_run_name,
     run_path,
     sanitize_run_name,
     snapshot_path,
+)
+from cacr_lab.runs.ownership import (
+    RunLock,
+    check_replaceable,
+    process_alive,
+    process_token,
+    run_format_of,
 )
 from cacr_lab.runs.process import describe_status, read_log, start_process, stop_run
 from cacr_lab.runs.reader import (
@@ -61,6 +74,8 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "EVALUATION_FILE",
+    "FORMAT_VERSION",
+    "LOCK_FILE",
     "LOG_FILE",
     "MAX_RUN_NAME",
     "METRICS_FILE",
@@ -70,12 +85,15 @@ __all__ = [
     "STATUS_FILE",
     "MetricsTail",
     "Run",
+    "RunLock",
     "RunWriter",
     "Snapshot",
     "atomic_write",
     "checkpoint_dir",
+    "check_replaceable",
     "checkpoint_path",
     "describe_status",
+    "io_error",
     "is_running",
     "last_checkpoint",
     "last_value",
@@ -85,10 +103,13 @@ __all__ = [
     "load_run",
     "load_snapshot",
     "new_run_name",
+    "process_alive",
+    "process_token",
     "read_evaluation",
     "read_log",
     "read_status",
     "run_dirs",
+    "run_format_of",
     "run_path",
     "run_stamp",
     "run_state",
