@@ -13,7 +13,7 @@ top (each module imports only those above it in this list):
   :class:`Snapshot` and :func:`latest_snapshot`, stored evaluations, cheap status reads;
 - ``writer``: :class:`RunWriter` (the trainer's) and :func:`write_evaluation`;
 - ``process``: the dashboard's side: :func:`start_process`, :func:`stop_run`,
-  :func:`read_log`, :func:`describe_status`.
+  :func:`read_log`, :func:`describe_status`, :func:`discard_failed_start`.
 
 Nothing here imports torch (tensors are recognised by duck typing), so the dashboard can read runs
 without loading it. Import the names from ``cacr_lab.runs``; the submodules are the layout.
@@ -49,7 +49,13 @@ from cacr_lab.runs.ownership import (
     process_token,
     run_format_of,
 )
-from cacr_lab.runs.process import describe_status, read_log, start_process, stop_run
+from cacr_lab.runs.process import (
+    describe_status,
+    discard_failed_start,
+    read_log,
+    start_process,
+    stop_run,
+)
 from cacr_lab.runs.reader import (
     MetricsTail,
     Run,
@@ -93,6 +99,7 @@ __all__ = [
     "check_replaceable",
     "checkpoint_path",
     "describe_status",
+    "discard_failed_start",
     "io_error",
     "is_running",
     "last_checkpoint",

@@ -1,4 +1,5 @@
-"""Runs as processes (the dashboard's side): start, stop, the log, one line of status text.
+"""Runs as processes (the dashboard's side): start, stop, the log, one line of status text, and
+dismissing a start that failed.
 
 A run started here is an ordinary trainer process writing its folder through
 :class:`~cacr_lab.runs.RunWriter`; the dashboard never imports the training loop, it starts a
@@ -19,6 +20,7 @@ from typing import Any
 
 from cacr_lab.runs.format import (
     CONFIG_FILE,
+    LOCK_FILE,
     LOG_FILE,
     STATUS_FILE,
     _read_json_or_empty,
@@ -123,6 +125,21 @@ def stop_run(run_dir: str | os.PathLike) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    return True
+
+
+def discard_failed_start(run_dir: str | os.PathLike) -> bool:
+    """Remove the folder of a start that failed before it wrote a run (:func:`start_process`
+    made it: ``train.log`` and at most an empty claim). Never touches a run: returns False, and
+    removes nothing, when the folder holds anything else."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        empty_dir = entry.is_dir() and not any(entry.iterdir())
+        if entry.name not in (LOG_FILE, LOCK_FILE) and not empty_dir:
+            return False
+    shutil.rmtree(run_dir)
     return True
 
 

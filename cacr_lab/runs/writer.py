@@ -382,7 +382,9 @@ class RunWriter:
             and pid != os.getpid()
             and process_alive(pid, status.get("pid_start"))
         ):
-            raise FileExistsError(f"cannot {action} {self.path}: process {pid} is still running")
+            raise FileExistsError(
+                f"cannot {action} {self.path}: it is in use by process {pid}, still running"
+            )
 
 
 def _full_config(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cacr_lab.config import TrainConfig, check_step_memory
 from cacr_lab.losses import LossOutput
 
 
@@ -129,6 +130,14 @@ class FiniteGuard:
 
 def _fmt(values: dict[str, float], empty: str) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or empty
+
+
+def check_device_memory(config: TrainConfig, device: torch.device) -> None:
+    """On a GPU, refuse a config whose step needs more than the device has (before allocating;
+    :class:`TrainConfig` checks CPU runs against the machine's memory itself)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        check_step_memory(config, total, f"the memory of {device}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from cacr_lab.evaluate import (
 from cacr_lab.losses import LOSSES, LossOutput
 from cacr_lab.models import build_encoder, default_encoder
 from cacr_lab.runs import RunWriter
+from cacr_lab.train import guards
 from cacr_lab.train.checkpoint import checkpoint_state, finished_with, write_checkpoint
 from cacr_lab.train.distributed import (
     DistInfo,
@@ -72,7 +73,6 @@ from cacr_lab.train.distributed import (
     rank_share,
     wrap_ddp,
 )
-from cacr_lab.train.guards import FiniteGuard, StopFlag, error_line, stop_requests
 from cacr_lab.train.resume import check_resume, evaluation_due, has_eval_at, nothing_left
 from cacr_lab.train.steps import _seeded, embed_views, lr_at_epoch
 
@@ -112,6 +112,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick kernels
         self.dist = DistInfo.from_env()
         self.device = self.dist.device(config.device)
+        guards.check_device_memory(config, self.device)  # V x B against the GPU's memory
         if config.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} (the global batch) must be divisible by the "
@@ -128,11 +129,11 @@ class Trainer:
             try:
                 self.writer.truncate_after(self.step)
             except BaseException as exc:
-                self._set_status("failed", last=True, error=error_line(exc))
+                self._set_status("failed", last=True, error=guards.error_line(exc))
                 self.writer.close()
                 raise
-        self.guard = FiniteGuard(check_every_step=self.device.type == "cpu")
-        self._stop = StopFlag()  # run() shares the flag of stop_requests()
+        self.guard = guards.FiniteGuard(check_every_step=self.device.type == "cpu")
+        self._stop = guards.StopFlag()  # run() shares the flag of stop_requests()
         # What the loop keeps for its logs (set by run): the progress bar (rank 0, progress=True),
         # the throughput clock, the values of the last step whose loss was checked.
         self._bar: Any = None
@@ -436,7 +437,7 @@ class Trainer:
         with a checkpoint at the current step (a second Ctrl-C interrupts at once, keeping the
         last checkpoint); "failed", with the error, on an exception, which is raised again.
         """
-        with stop_requests() as self._stop:
+        with guards.stop_requests() as self._stop:
             try:
                 self._start_run()
                 while self.step < self.total_steps:
@@ -450,7 +451,7 @@ class Trainer:
                 self._set_status("stopped", last=True, error=error)
                 return self.run_dir
             except Exception as exc:
-                self._set_status("failed", last=True, error=error_line(exc))
+                self._set_status("failed", last=True, error=guards.error_line(exc))
                 raise
             finally:
                 if self._bar is not None:
@@ -462,7 +463,7 @@ class Trainer:
         try:
             self.save_checkpoint()
         except Exception as exc:
-            error = f"stop: no checkpoint written: {error_line(exc)}"
+            error = f"stop: no checkpoint written: {guards.error_line(exc)}"
             self._set_status("failed", last=True, error=error)
             raise
         self._set_status("stopped", last=True)
