@@ -167,8 +167,9 @@ def test_1_overwrite_refuses_a_folder_that_merely_holds_a_config_json(tmp_path, 
     (project / "config.json").write_text('{"name": "my project", "lr": 0.1}')
     before = snapshot_files(project)
     code, err = cli(capsys, "train", *FLAGS, "--run-dir", str(project), "--overwrite")
+    assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
-    assert code == 2 and line.startswith("error: refusing to delete")
+    assert line.startswith("error: refusing to delete")
     assert "not a cacr_lab run config" in line
     assert "notes.txt" in line and "src/" in line  # names what it found
     assert snapshot_files(project) == before  # nothing deleted, nothing added (no lock file)
@@ -178,8 +179,9 @@ def test_1_overwrite_refuses_a_run_folder_holding_a_users_files(run_copy, capsys
     (run_copy / "my-analysis.ipynb").write_text("{}")
     before = snapshot_files(run_copy)
     code, err = cli(capsys, "train", *FLAGS, "--run-dir", str(run_copy), "--overwrite")
+    assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
-    assert code == 2 and "refusing to delete" in line and "my-analysis.ipynb" in line
+    assert "refusing to delete" in line and "my-analysis.ipynb" in line
     assert snapshot_files(run_copy) == before
 
 
@@ -192,7 +194,7 @@ def test_2_resume_without_epochs_keeps_a_finished_run_as_it_is(run_copy, capsys)
     before = snapshot_files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), "--no-progress")
     assert code == 0, err
-    assert "is finished" in one_line(err) and "nothing to resume" in err
+    assert "is finished" in one_line(err) and "nothing to resume" in err, err
     after = snapshot_files(run_copy)
     assert {k: v for k, v in after.items() if k != ".lock"} == {
         k: v for k, v in before.items() if k != ".lock"
@@ -215,8 +217,9 @@ def test_2_resume_refuses_flags_that_change_the_run_before_touching_it(
 ):
     before = snapshot_files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), *flags, "--no-progress")
+    assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
-    assert code == 2 and line.startswith(f"error: cannot resume {run_copy}")
+    assert line.startswith(f"error: cannot resume {run_copy}")
     assert named in line
     assert snapshot_files(run_copy) == before
 
@@ -241,8 +244,8 @@ def test_2_resume_of_a_run_without_checkpoint_touches_nothing(run_copy, capsys):
     (run_copy / "status.json").write_text(json.dumps(status))
     before = snapshot_files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), "--no-progress")
-    line = one_line(err)
-    assert code == 2 and "nothing to resume: no checkpoint" in line
+    assert code == 2, f"exit {code}: {err}"
+    assert "nothing to resume: no checkpoint" in one_line(err)
     assert snapshot_files(run_copy) == before  # config.json not rewritten, no status "running"
 
 
@@ -517,8 +520,6 @@ def test_7_compare_stops_as_a_whole_on_sigterm_and_sigint(tmp_path, capsys, sign
 
 
 def test_8_a_reused_pid_is_stale_and_never_signalled(tmp_path):
-    from cacr_lab.runs import process_token
-
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         RunWriter(tmp_path / "r", {"method": "cacr"}).close()
@@ -535,6 +536,8 @@ def test_8_a_reused_pid_is_stale_and_never_signalled(tmp_path):
             time.sleep(0.2)
             assert other.poll() is None, "an unrelated process was signalled"
         # the real identity (pid and start token) is trusted
+        from cacr_lab.runs import process_token
+
         status["pid_start"] = process_token(other.pid)
         status_path.write_text(json.dumps(status))
         assert run_state(load_run(tmp_path / "r")) == "running"
@@ -567,8 +570,8 @@ def test_9_eval_of_a_damaged_checkpoint_is_one_line_naming_the_file(run_copy, ca
     else:
         torch.save(state | {"model": {k: v.flatten()[:1] for k, v in state["model"].items()}}, path)
     code, err = cli(capsys, "eval", str(run_copy))
-    line = one_line(err)
-    assert code == 2 and line.startswith(f"error: damaged checkpoint {path}")
+    assert code == 2, f"exit {code}: {err}"
+    assert one_line(err).startswith(f"error: damaged checkpoint {path}")
     assert "weights_only" not in err
 
 
