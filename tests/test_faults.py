@@ -11,9 +11,8 @@ for its own reason.
 
 from __future__ import annotations
 
-import errno
+import importlib.util
 import json
-import os
 import shutil
 import signal
 import socket
@@ -21,119 +20,37 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from cacr_lab.cli import main
 from cacr_lab.runs import RunWriter, last_checkpoint, load_run, run_state, stop_run
 from cacr_lab.train import NonFiniteLossError, TrainConfig, Trainer, train
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"PYTHONPATH": str(ROOT)}
+
+def _load_helpers():
+    """tests/_faults.py, by its path (tests/ is no package, whatever pytest's import mode)."""
+    spec = importlib.util.spec_from_file_location("_faults", Path(__file__).with_name("_faults.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+F = _load_helpers()
+cli, one_line, files = F.cli, F.one_line, F.files
 # The CLI's flags for a small digits run: epoch 0 (21 steps) and 4 steps of epoch 1.
 FLAGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--positives", "1"]
 FLAGS += ["--max-steps", "25", "--log-every", "1", "--no-progress"]
 STEPS_PER_EPOCH, TOTAL_STEPS = 1347 // 64, 25
-
-
-def cli_config(**kw) -> TrainConfig:
-    """The TrainConfig that FLAGS give."""
-    return TrainConfig(
-        dataset="digits", epochs=2, batch_size=64, positives=1, max_steps=25, log_every=1, **kw
-    )
+# In-process runs: 5 steps per epoch.
+TINY = ["--dataset", "digits", "--epochs", "2", "--batch-size", "256", "--positives", "1"]
 
 
 def tiny(**kw) -> TrainConfig:
-    """A faster run for in-process tests: 5 steps per epoch."""
-    base = dict(
-        dataset="digits", epochs=2, batch_size=256, positives=1, log_every=1, snapshot_size=64
-    )
-    return TrainConfig(**(base | {"knn_k": 20} | kw))
-
-
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    """``cacr-lab ARGV`` in this process: (exit code, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def one_line(err: str) -> str:
-    """The single line a user sees for an error (asserting it is a single line)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{err}"
-    assert "Traceback" not in err
-    return lines[0]
-
-
-def snapshot_files(path: Path) -> dict[str, bytes]:
-    """Every file under ``path`` (relative name -> bytes): 'nothing was touched' compares these."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-
-
-def temp_files(path: Path) -> list[str]:
-    return [str(p) for p in path.rglob("*") if p.name.startswith(".tmp") or p.suffix == ".tmp"]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(last_checkpoint(run_dir), weights_only=True)["model"]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in load_run(run_dir).train_records()]
-
-
-def eval_steps(run_dir: Path) -> list[int]:
-    return [r["step"] for r in load_run(run_dir).eval_records()]
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            out = proc.stderr.read() if proc.stderr else ""
-            raise AssertionError(f"process ended (code {proc.returncode}) before {what}: {out}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def trained_steps(run_dir: Path) -> int:
-    """Steps of the train records written so far (0 before the first)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    steps = [json.loads(x)["step"] for x in lines if x.endswith("}") and '"train"' in x]
-    return max(steps, default=0)
-
-
-def start_cli(*argv: str, code: str | None = None, **kw) -> subprocess.Popen:
-    """``python -m cacr_lab ARGV`` (or ``python -c CODE ARGV``) as a process of its own."""
-    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "cacr_lab"]
-    return subprocess.Popen(
-        [*head, *argv],
-        env=kw.pop("env", ENV),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # SIGINT as in a terminal, also when pytest runs as a background job that ignores it
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        **kw,
-    )
+    base = dict(dataset="digits", epochs=2, batch_size=256, positives=1, log_every=1)
+    return TrainConfig(**(base | {"snapshot_size": 64, "knn_k": 20} | kw))
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +68,10 @@ def run_copy(finished, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run of FLAGS, to compare interrupted ones with."""
-    return train(cli_config(), tmp_path_factory.mktemp("ref") / "ref", progress=False)
+    config = TrainConfig(
+        dataset="digits", epochs=2, batch_size=64, positives=1, max_steps=25, log_every=1
+    )
+    return train(config, tmp_path_factory.mktemp("ref") / "ref", progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,24 +85,24 @@ def test_1_overwrite_refuses_a_folder_that_merely_holds_a_config_json(tmp_path, 
     (project / "src" / "model.py").write_text("years of work")
     (project / "notes.txt").write_text("notes")
     (project / "config.json").write_text('{"name": "my project", "lr": 0.1}')
-    before = snapshot_files(project)
+    before = files(project)
     code, err = cli(capsys, "train", *FLAGS, "--run-dir", str(project), "--overwrite")
     assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
     assert line.startswith("error: refusing to delete")
     assert "not a cacr_lab run config" in line
     assert "notes.txt" in line and "src/" in line  # names what it found
-    assert snapshot_files(project) == before  # nothing deleted, nothing added (no lock file)
+    assert files(project) == before  # nothing deleted, nothing added (no lock file)
 
 
 def test_1_overwrite_refuses_a_run_folder_holding_a_users_files(run_copy, capsys):
     (run_copy / "my-analysis.ipynb").write_text("{}")
-    before = snapshot_files(run_copy)
+    before = files(run_copy)
     code, err = cli(capsys, "train", *FLAGS, "--run-dir", str(run_copy), "--overwrite")
     assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
     assert "refusing to delete" in line and "my-analysis.ipynb" in line
-    assert snapshot_files(run_copy) == before
+    assert files(run_copy) == before
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,11 +111,11 @@ def test_1_overwrite_refuses_a_run_folder_holding_a_users_files(run_copy, capsys
 
 
 def test_2_resume_without_epochs_keeps_a_finished_run_as_it_is(run_copy, capsys):
-    before = snapshot_files(run_copy)
+    before = files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), "--no-progress")
     assert code == 0, err
     assert "is finished" in one_line(err) and "nothing to resume" in err, err
-    after = snapshot_files(run_copy)
+    after = files(run_copy)
     assert {k: v for k, v in after.items() if k != ".lock"} == {
         k: v for k, v in before.items() if k != ".lock"
     }
@@ -215,13 +135,13 @@ def test_2_resume_without_epochs_keeps_a_finished_run_as_it_is(run_copy, capsys)
 def test_2_resume_refuses_flags_that_change_the_run_before_touching_it(
     run_copy, capsys, flags, named
 ):
-    before = snapshot_files(run_copy)
+    before = files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), *flags, "--no-progress")
     assert code == 2, f"exit {code}: {err}"
     line = one_line(err)
     assert line.startswith(f"error: cannot resume {run_copy}")
     assert named in line
-    assert snapshot_files(run_copy) == before
+    assert files(run_copy) == before
 
 
 def test_2_resume_with_more_epochs_extends_the_run_once(run_copy, capsys):
@@ -231,7 +151,7 @@ def test_2_resume_with_more_epochs_extends_the_run_once(run_copy, capsys):
     assert run.config["epochs"] == 3 and len(run.config["resumed"]) == 1
     assert run.status["state"] == "finished" and run.status["step"] == 15
     assert run.status["step"] == run.status["total_steps"]
-    steps = eval_steps(run_copy)
+    steps = F.eval_steps(run_copy)
     assert steps == sorted(set(steps)) == [0, 5, 10, 15]  # no eval record twice at one step
     finals = [r["step"] for r in run.eval_records() if r.get("probe_acc") is not None]
     assert finals == [10, 15]  # the old run's final evaluation, and the extended run's
@@ -242,11 +162,11 @@ def test_2_resume_of_a_run_without_checkpoint_touches_nothing(run_copy, capsys):
     status = json.loads((run_copy / "status.json").read_text())
     status.update(state="running", pid=2**22 + 7)  # killed in epoch 0: a dead pid
     (run_copy / "status.json").write_text(json.dumps(status))
-    before = snapshot_files(run_copy)
+    before = files(run_copy)
     code, err = cli(capsys, "train", "--resume", str(run_copy), "--no-progress")
     assert code == 2, f"exit {code}: {err}"
     assert "nothing to resume: no checkpoint" in one_line(err)
-    assert snapshot_files(run_copy) == before  # config.json not rewritten, no status "running"
+    assert files(run_copy) == before  # config.json not rewritten, no status "running"
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,9 +177,9 @@ def test_2_resume_of_a_run_without_checkpoint_touches_nothing(run_copy, capsys):
 @pytest.mark.slow
 def test_3_stop_checkpoints_the_current_step_and_resume_is_bit_exact(reference, tmp_path, capsys):
     run_dir = tmp_path / "stopped"
-    proc = start_cli("train", *FLAGS, "--run-dir", str(run_dir))
+    proc = F.start_cli("train", *FLAGS, "--run-dir", str(run_dir))
     try:
-        wait_for(lambda: trained_steps(run_dir) >= 2, 120, "the first steps", proc)
+        F.wait_for(lambda: F.trained_steps(run_dir) >= 2, 120, "the first steps", proc)
         assert stop_run(run_dir), "the dashboard's Stop sent no signal"  # SIGTERM, as the page
         proc.wait(timeout=60)
     finally:
@@ -271,7 +191,7 @@ def test_3_stop_checkpoints_the_current_step_and_resume_is_bit_exact(reference, 
     assert run.status["state"] == "stopped"
     stopped_at = run.status["step"]
     assert 0 < stopped_at < STEPS_PER_EPOCH, "stopped in epoch 0, before any epoch checkpoint"
-    state = torch.load(last_checkpoint(run_dir), weights_only=True)
+    state = F.checkpoint(run_dir)
     assert (state["step"], state["epoch"]) == (stopped_at, 0)
     assert not list((run_dir / "checkpoints").glob("epoch_*.pt"))  # only complete epochs
 
@@ -282,44 +202,30 @@ def test_3_stop_checkpoints_the_current_step_and_resume_is_bit_exact(reference, 
     code, err = cli(capsys, "train", "--resume", str(run_dir), "--no-progress")
     assert code == 0, err
     assert load_run(run_dir).status["state"] == "finished"
-    assert_same_weights(run_dir, reference)
-    assert train_losses(run_dir) == train_losses(reference)
-    assert eval_steps(run_dir) == eval_steps(reference)
+    F.assert_same_weights(run_dir, reference)
+    assert F.train_losses(run_dir) == F.train_losses(reference)
+    assert F.eval_steps(run_dir) == F.eval_steps(reference)
 
 
 # --------------------------------------------------------------------------------------------
 # 4. kill -9 between an epoch's checkpoint and its evaluation
 # --------------------------------------------------------------------------------------------
 
-KILL_BEFORE_EVALUATION = """
-import os, signal, sys
-from cacr_lab.train import trainer
-evaluate = trainer.Trainer.maybe_evaluate
-def maybe_evaluate(self, final=False):
-    if self.step > 0 and not final:  # the epoch's checkpoint is on disk, its evaluation not
-        os.kill(os.getpid(), signal.SIGKILL)
-    return evaluate(self, final)
-trainer.Trainer.maybe_evaluate = maybe_evaluate
-from cacr_lab.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 @pytest.mark.slow
 def test_4_resume_redoes_the_evaluation_a_kill_cut_off(reference, tmp_path, capsys):
     run_dir = tmp_path / "killed"
-    proc = start_cli("train", *FLAGS, "--run-dir", str(run_dir), code=KILL_BEFORE_EVALUATION)
+    proc = F.start_cli("train", *FLAGS, "--run-dir", str(run_dir), code=F.KILL_BEFORE_EVALUATION)
     proc.wait(timeout=180)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
-    assert torch.load(last_checkpoint(run_dir), weights_only=True)["step"] == STEPS_PER_EPOCH
-    assert STEPS_PER_EPOCH not in eval_steps(run_dir)  # killed before the evaluation
+    assert F.checkpoint(run_dir)["step"] == STEPS_PER_EPOCH
+    assert STEPS_PER_EPOCH not in F.eval_steps(run_dir)  # killed before the evaluation
 
     code, err = cli(capsys, "train", "--resume", str(run_dir), "--no-progress")
     assert code == 0, err
-    assert eval_steps(run_dir) == eval_steps(reference) == [0, STEPS_PER_EPOCH, TOTAL_STEPS]
-    snaps = lambda p: sorted(f.name for f in (p / "snapshots").iterdir())  # noqa: E731
-    assert snaps(run_dir) == snaps(reference)
-    assert_same_weights(run_dir, reference)
+    assert F.eval_steps(run_dir) == F.eval_steps(reference) == [0, STEPS_PER_EPOCH, TOTAL_STEPS]
+    assert F.snapshot_names(run_dir) == F.snapshot_names(reference)
+    F.assert_same_weights(run_dir, reference)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,33 +255,10 @@ def test_5_a_nan_gradient_is_refused_before_the_step_and_never_checkpointed(tmp_
 
 
 @pytest.fixture
-def small_fs(tmp_path) -> Iterator[Path | None]:
+def small_fs(tmp_path):
     """A 16 MiB tmpfs at tmp_path/fs (None where this process may not mount: not root)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    ok = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
-        == 0
-    )
-    yield mnt if ok else None
-    if ok:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(folder: Path) -> Path:
-    """Write a file until the file system is full; returns it (delete it to free the space)."""
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError as err:
-            assert err.errno == errno.ENOSPC
-    return filler
+    with F.tmpfs(tmp_path / "fs") as mnt:
+        yield mnt
 
 
 def test_6_disk_full_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(
@@ -383,33 +266,27 @@ def test_6_disk_full_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(
 ):
     from cacr_lab.train import trainer as trainer_module
 
-    base = small_fs or tmp_path
-    run_dir = base / "run"
-    calls = []
-    write = trainer_module.write_checkpoint
+    run_dir = (small_fs or tmp_path) / "run"
+    write, calls = trainer_module.write_checkpoint, []
 
     def fill_then_write(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # at the end of epoch 2 the disk is full
             if small_fs is not None:
-                _fill(small_fs)  # a real ENOSPC from the kernel
-            else:  # fallback: every write of a file fails with ENOSPC
-                monkeypatch.setattr(
-                    os, "fdopen", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, ""))
-                )
+                F.fill(small_fs)  # a real ENOSPC from the kernel
+            else:
+                F.fail_atomic_writes(monkeypatch)
         return write(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "write_checkpoint", fill_then_write)
-    argv = ["--dataset", "digits", "--epochs", "2", "--batch-size", "256", "--positives", "1"]
-    code, err = cli(capsys, "train", *argv, "--no-progress", "--run-dir", str(run_dir))
-    line = one_line(err)
-    assert code == 1
-    assert line == f"error: {run_dir / 'checkpoints' / 'last.pt'}: No space left on device"
+    code, err = cli(capsys, "train", *TINY, "--no-progress", "--run-dir", str(run_dir))
+    assert code == 1, err
+    assert one_line(err) == f"error: {run_dir / 'checkpoints' / 'last.pt'}: No space left on device"
     monkeypatch.undo()
     run = load_run(run_dir)
     assert run.status["state"] == "failed" and "No space left on device" in run.status["error"]
-    assert temp_files(run_dir) == []
-    state = torch.load(last_checkpoint(run_dir), weights_only=True)  # the last good one, intact
+    assert F.temp_files(run_dir) == []
+    state = F.checkpoint(run_dir)  # the last good one, intact
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
     # Nothing lost: with space again the run resumes from it and finishes.
     if small_fs is not None:
@@ -419,54 +296,35 @@ def test_6_disk_full_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(
     assert load_run(run_dir).status["state"] == "finished"
 
 
-def test_6_read_only_folder_is_one_line_and_changes_nothing(small_fs, tmp_path, capsys):
+def test_6_read_only_folder_is_one_line_and_changes_nothing(small_fs, capsys):
     if small_fs is None:
         pytest.skip("needs a read-only mount (root); the disk-full test covers the fallback")
     run_dir = train(tiny(epochs=1), small_fs / "run", progress=False)
-    remount = ["mount", "-o", "remount,ro", str(small_fs)]
-    assert subprocess.run(remount, capture_output=True).returncode == 0
-    before = snapshot_files(run_dir)
+    F.remount_read_only(small_fs)
+    before = files(run_dir)
     # a new run in a read-only folder
     code, err = cli(capsys, "train", *FLAGS, "--run-dir", str(small_fs / "new"))
-    assert code == 1
+    assert code == 1, err
     assert one_line(err) == f"error: {small_fs / 'new'}: Read-only file system"
     assert not (small_fs / "new").exists()
     # extending a run on a read-only disk
     code, err = cli(capsys, "train", "--resume", str(run_dir), "--epochs", "2", "--no-progress")
+    assert code == 1, err
     line = one_line(err)
-    assert code == 1 and line.startswith(f"error: {run_dir}") and "Read-only file system" in line
-    assert snapshot_files(run_dir) == before
-
-
-PERMISSION_LOST = """
-import os, sys
-from cacr_lab.train import trainer
-write, calls = trainer.write_checkpoint, []
-def write_checkpoint(run_dir, *args, **kwargs):
-    calls.append(1)
-    if len(calls) == 2:  # epoch 2: someone took the write permission of checkpoints/ away
-        os.chmod(run_dir / "checkpoints", 0o555)
-    return write(run_dir, *args, **kwargs)
-trainer.write_checkpoint = write_checkpoint
-from cacr_lab.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+    assert line.startswith(f"error: {run_dir}") and "Read-only file system" in line
+    assert files(run_dir) == before
 
 
 @pytest.mark.slow
 def test_6_permission_denied_is_one_line_state_failed_and_no_temp_files(tmp_path):
-    # Root passes every permission check; without CAP_DAC_OVERRIDE it is held to them.
-    drop = ["-dac_override,-dac_read_search"]
-    setpriv = ["setpriv", "--bounding-set", *drop, "--inh-caps", *drop, "--"]
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+    prefix = F.held_to_permissions()  # root ignores permissions unless setpriv drops that right
+    if prefix is None:
         pytest.skip("root ignores file permissions, and setpriv is missing to drop that right")
-    wrap = setpriv if os.geteuid() == 0 else []
     run_dir = tmp_path / "run"
-    argv = ["--dataset", "digits", "--epochs", "2", "--batch-size", "256", "--positives", "1"]
-    argv += ["--no-progress", "--run-dir", str(run_dir)]
     proc = subprocess.run(
-        [*wrap, sys.executable, "-c", PERMISSION_LOST, "train", *argv],
-        env=ENV,
+        [*prefix, sys.executable, "-c", F.PERMISSION_LOST, "train", *TINY, "--no-progress"]
+        + ["--run-dir", str(run_dir)],
+        env=F.ENV,
         capture_output=True,
         text=True,
         timeout=180,
@@ -476,8 +334,8 @@ def test_6_permission_denied_is_one_line_state_failed_and_no_temp_files(tmp_path
     assert line == f"error: {run_dir / 'checkpoints' / 'last.pt'}: Permission denied"
     run = load_run(run_dir)
     assert run.status["state"] == "failed" and "Permission denied" in run.status["error"]
-    assert temp_files(run_dir) == []
-    assert torch.load(last_checkpoint(run_dir), weights_only=True)["step"] == 5
+    assert F.temp_files(run_dir) == []
+    assert F.checkpoint(run_dir)["step"] == 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,10 +350,10 @@ def test_7_compare_stops_as_a_whole_on_sigterm_and_sigint(tmp_path, capsys, sign
     argv = ["compare", "--methods", "cacr,infonce", "--seeds", "1", "--out", str(out)]
     argv += ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--positives", "1"]
     argv += ["--log-every", "1", "--no-progress"]
-    proc = start_cli(*argv)
+    proc = F.start_cli(*argv)
     first = out / "runs" / "cacr-seed0"
     try:
-        wait_for(lambda: trained_steps(first) >= 2, 120, "the first run's steps", proc)
+        F.wait_for(lambda: F.trained_steps(first) >= 2, 120, "the first run's steps", proc)
         proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
@@ -600,7 +458,7 @@ def test_10_too_many_views_for_the_memory_is_refused_before_allocating(tmp_path)
     )
     proc = subprocess.run(
         [sys.executable, "-m", "cacr_lab", *argv, "--run-dir", str(run_dir)],
-        env=ENV,
+        env=F.ENV,
         capture_output=True,
         text=True,
         timeout=120,
@@ -675,7 +533,7 @@ def test_11_the_lock_is_released_on_every_exit_path(tmp_path):
         f"w = RunWriter({str(path)!r}, {{'method': 'cacr'}}, resume=True); "
         "print('held', flush=True); time.sleep(60)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=F.ENV, stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline().strip() == b"held"
         with pytest.raises(FileExistsError, match=rf"in use by .*{proc.pid}"):
@@ -690,23 +548,7 @@ def test_11_the_lock_is_released_on_every_exit_path(tmp_path):
 # 12. The dashboard
 # --------------------------------------------------------------------------------------------
 
-APP = ROOT / "app" / "main.py"
-
-
-def _listening(port: int) -> list[str]:
-    """Local addresses listening on ``port`` (from /proc/net/tcp and tcp6)."""
-    found = []
-    for name in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            local, state = row.split()[1], row.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found.append(address)
-    return found
+APP = F.ROOT / "app" / "main.py"
 
 
 @pytest.mark.slow
@@ -719,14 +561,14 @@ def test_12_the_app_binds_to_loopback_when_started_from_another_directory(tmp_pa
     proc = subprocess.Popen(
         [str(streamlit), "run", str(APP), "--server.port", str(port), "--server.headless", "true"],
         cwd=tmp_path,  # not the repo: its .streamlit/ is not in the working directory
-        env=ENV | {"CACR_LAB_RUNS": str(tmp_path / "runs")},
+        env=F.ENV | {"CACR_LAB_RUNS": str(tmp_path / "runs")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: _listening(port), 90, f"streamlit to listen on port {port}", proc)
+        F.wait_for(lambda: F.listening(port), 90, f"streamlit to listen on port {port}", proc)
         time.sleep(0.5)  # both address families are bound by then
-        assert set(_listening(port)) == {"0100007F"}, _listening(port)  # 127.0.0.1 only
+        assert set(F.listening(port)) == {"0100007F"}, F.listening(port)  # 127.0.0.1 only
     finally:
         proc.terminate()
         proc.wait(timeout=30)
