@@ -9,8 +9,12 @@
 This module is argparse only: every default comes from :mod:`cacr_lab.config` (TrainConfig's
 fields, the runs root), and the commands call :mod:`cacr_lab.train` and
 :mod:`cacr_lab.experiments`. Bad input exits with status 2 and one line on stderr that starts with
-``error:`` (no traceback); an existing run is never deleted or overwritten unless ``--overwrite``
-is given.
+``error:`` (no traceback); a run that fails (a non-finite loss, a full disk, a read-only folder)
+exits with 1 and one line naming the cause and the file; a run or compare stopped by SIGTERM or
+Ctrl-C writes a checkpoint and exits with 128 + the signal's number. An existing run is never
+deleted or overwritten unless ``--overwrite`` is given (and only a run folder, never another);
+``--resume`` continues a run with its stored options and refuses flags that would change them,
+but a larger ``--epochs``.
 """
 
 from __future__ import annotations

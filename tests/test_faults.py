@@ -491,7 +491,7 @@ def test_10_an_image_folder_too_small_to_split_is_refused_early(tmp_path, capsys
 
 def test_11_two_writers_started_at_the_same_instant_never_both_own_a_folder(tmp_path):
     config = {"method": "cacr", "seed": 0}
-    for trial in range(20):
+    for trial in range(40):
         path = tmp_path / f"r{trial}"
         barrier, results = threading.Barrier(2), []
 

@@ -224,3 +224,28 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size 4096 is larger"):
         train(tiny(batch_size=4096), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_finite_guard_without_a_sync_per_step_reports_at_the_next_sync():
+    """The GPU form of the guard (no host sync per step), on CPU tensors: a non-finite gradient
+    is recorded on the device and raised at the next sync -- a logging step or a checkpoint --
+    naming the steps since the last one; non-finite weights are never checkpointed."""
+    from cacr_lab.losses import LossOutput
+    from cacr_lab.train.guards import FiniteGuard
+
+    guard = FiniteGuard(check_every_step=False)
+    param = torch.nn.Parameter(torch.ones(3))
+    out = LossOutput(loss=torch.tensor(0.5), attraction=torch.tensor(1.0))
+    param.grad = torch.ones(3)
+    guard.before_step(out, [param], step=1, epoch=0)
+    guard.sync(step=1, epoch=0)  # finite so far
+    for step, grad in ((2, torch.ones(3)), (3, torch.tensor([1.0, float("inf"), 1.0]))):
+        param.grad = grad
+        guard.before_step(out, [param], step=step, epoch=0)  # no raise: nothing synced yet
+    with pytest.raises(NonFiniteLossError, match="between step 2 and step 3"):
+        guard.sync(step=3, epoch=0)
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite weights at step 7: no checkpoint"):
+        guard.check_weights(model, step=7)
