@@ -87,8 +87,10 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
     second writer of the same folder -- started at the same instant or later -- is refused while
     the first lives. The file itself is never deleted (that would let two owners lock two files).
 
-Versions: 1 (cacr_lab 0.x until the fault-tolerance work) had no ``run_format``, ``pid_start``
-or ``.lock``; readers load such folders as before, a writer resumes or overwrites them.
+Versions: 2 added ``run_format``, ``pid_start`` and ``.lock`` (and ``last.pt`` at a stop's step).
+Version 1 folders (cacr_lab 0.1.0 before it) lack them; readers load them as before, a writer
+resumes or overwrites them (recognised by ``code_version``), and their status, without a
+``pid_start``, is trusted by its pid alone for display but never signalled.
 
 Example (the whole round trip):
 
