@@ -2,6 +2,9 @@
 
     make run                       # = streamlit run app/main.py, bound to 127.0.0.1
 
+``app/.streamlit/config.toml`` sits next to this script, so Streamlit reads it (and binds to
+127.0.0.1) whatever directory the page is started from.
+
 The page never trains: from cacr_lab it imports only :mod:`cacr_lab.config` (the options and
 their defaults), :mod:`cacr_lab.runs`, :mod:`cacr_lab.figures` and :mod:`cacr_lab.experiments`,
 never the training loop (tests/test_app.py checks the imports). Start launches

@@ -16,7 +16,16 @@ import streamlit as st
 from cacr_lab import figures, runs
 
 # isort: split
-from state import LIVE_EVERY, cached_figure, file_key, newest_snapshot, pending, read_one, umap_of
+from state import (
+    LIVE_EVERY,
+    cached_figure,
+    dismiss,
+    file_key,
+    newest_snapshot,
+    pending,
+    read_one,
+    umap_of,
+)
 
 PLOT = {"width": "stretch", "config": {"displaylogo": False}}
 
@@ -198,7 +207,10 @@ def what_to_watch() -> None:
 
 def watch_view(root: Path, found: list[runs.Run]) -> None:
     names = [r.name for r in reversed(found)]
-    options = [*pending(root, set(names)), *names]
+    waiting = pending(root, set(names))
+    starting = [n for n, (state, _) in waiting.items() if state == "starting"]
+    failed = [n for n in waiting if n not in starting]  # last: never the default choice
+    options = [*starting, *names, *failed]
     if not options:
         what_to_watch()
         return
@@ -206,15 +218,23 @@ def watch_view(root: Path, found: list[runs.Run]) -> None:
         st.session_state.watch = options[0]
     name = st.selectbox("Watch run", options, key="watch")
     run = next((r for r in found if r.name == name), None)
-    every = LIVE_EVERY if run is None or runs.is_running(run) else None
+    every = LIVE_EVERY if name in starting or (run is not None and runs.is_running(run)) else None
     st.fragment(run_every=every)(watched)(root, name)
 
 
 def watched(root: Path, name: str) -> None:
-    """Fragment: the panels of the watched run, re-read from its folder on every refresh."""
+    """Fragment: the panels of the watched run, re-read from its folder on every refresh; a
+    start that failed shows its error and can be dismissed."""
     path = root / name
     if not (path / runs.CONFIG_FILE).is_file():
-        st.info(f"{name}: waiting for the trainer to write its run folder…")
+        state, text = pending(root, set()).get(name, ("starting", ""))
+        if state != "failed":
+            st.info(f"{name}: waiting for the trainer to write its run folder…")
+            return
+        st.error(f"{name}: {text}")
+        if st.button("Dismiss", key=f"dismiss_watch_{name}"):
+            dismiss(path)
+            st.rerun(scope="app")
         return
     run_panels(read_one(path))
 

@@ -2,9 +2,10 @@
 
 The form's choices and defaults come from :mod:`cacr_lab.config` (TrainConfig's fields, the
 paper's loss options); its input is checked by the library's own validation (TrainConfig, the run
-name rules), so the page shows the library's messages. Start launches ``python -m cacr_lab
-train ...`` as a process of its own (the page never trains); the run list shows every run folder
-of the runs root with its state, and Stop for those running.
+name rules, an image folder under the data roots), so the page shows the library's messages.
+Start launches ``python -m cacr_lab train ...`` as a process of its own (the page never trains);
+the run list shows every run folder of the runs root with its state, Stop for those running,
+Dismiss for a start that failed, and one warning box per damaged run.
 """
 
 import sys
@@ -22,12 +23,14 @@ from cacr_lab.config import (
     WEIGHT_GRADS,
     WEIGHTINGS,
     TrainConfig,
+    check_image_folder,
     default,
+    image_folder_roots,
     paper_loss_options,
 )
 
 # isort: split
-from state import launched, overview  # the page's own module, next to this file
+from state import dismiss, launched, overview  # the page's own module, next to this file
 
 # The trainer runs a little below the page's priority: on a 2-core laptop the page stays
 # responsive, and training still gets every idle cycle.
@@ -52,6 +55,9 @@ TORCHVISION_FOLDERS = {
     "stl10": "stl10_binary",
 }
 DATA_ROOT = default("data_root")
+# Image folders typed on the page must lie under the repo's data/ (or $CACR_LAB_DATA_DIRS).
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+MAX_WARNINGS = 3  # lines of one damaged run's warning box
 STATE_ICONS = {
     "starting": ":green[:material/hourglass_top:]",
     "running": ":green[:material/play_circle:]",
@@ -85,7 +91,12 @@ def dataset_input() -> str:
     )
     if choice != "folder":
         return choice
-    path = st.text_input("Image folder (PATH/<class>/<image>)", key="folder_path")
+    roots = ", ".join(f"`{r}`" for r in image_folder_roots(REPO_DATA))
+    path = st.text_input(
+        "Image folder (PATH/<class>/<image>)",
+        key="folder_path",
+        help=f"under {roots} (more: $CACR_LAB_DATA_DIRS)",
+    )
     return f"folder:{path}"
 
 
@@ -191,6 +202,9 @@ def number(text: object, name: str) -> object:
 def validated(kwargs: dict, name: str, root: Path) -> tuple[TrainConfig, Path]:
     """The library's own checks (TrainConfig, run-name rules); ValueError with its message."""
     options = {k: v if k in CHOICES else number(v, k) for k, v in kwargs["loss_options"].items()}
+    if kwargs["dataset"].startswith("folder:"):  # never a folder outside the data roots
+        folder = check_image_folder(kwargs["dataset"][7:], image_folder_roots(REPO_DATA))
+        kwargs = kwargs | {"dataset": f"folder:{folder}"}
     config = TrainConfig(**(kwargs | {"loss_options": options}))
     slug = "folder" if config.dataset.startswith("folder:") else config.dataset
     name = name.strip() or runs.new_run_name(config.method, slug)
@@ -256,11 +270,20 @@ def sidebar(root: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def status_row(icon_state: str, text: str, stop_key: str | None) -> bool:
-    """One status line with an optional Stop button; True when Stop was pressed."""
-    left, right = st.columns([0.88, 0.12], vertical_alignment="center")
+def status_row(icon_state: str, text: str, key: str | None, label: str = "Stop") -> bool:
+    """One status line with an optional button (Stop, Dismiss); True when it was pressed."""
+    left, right = st.columns([0.86, 0.14], vertical_alignment="center")
     left.markdown(f"{STATE_ICONS.get(icon_state, STATE_ICONS['unknown'])} {text}")
-    return stop_key is not None and right.button("Stop", key=stop_key)
+    return key is not None and right.button(label, key=key)
+
+
+def warning_box(run: runs.Run) -> str:
+    """One box for all of a damaged run's warnings: the first few, and how many more."""
+    lines = [f"{run.name}: {w}" for w in run.warnings[:MAX_WARNINGS]]
+    more = len(run.warnings) - MAX_WARNINGS
+    if more > 0:
+        lines.append(f"… and {more} more warning{'s' * (more > 1)} like these")
+    return "  \n".join(lines)
 
 
 def run_list(root: Path) -> None:
@@ -276,14 +299,17 @@ def run_list(root: Path) -> None:
         )
         return
     for name, (state, text) in waiting.items():
-        stop_key = f"stop_{name}" if state == "starting" else None
-        if status_row(state, f"**{name}** · {text}", stop_key):
-            launched()[str((root / name).resolve())].terminate()
+        if state == "starting":
+            if status_row(state, f"**{name}** · {text}", f"stop_{name}"):
+                launched()[str((root / name).resolve())].terminate()
+        elif status_row(state, f"**{name}** · {text}", f"dismiss_{name}", "Dismiss"):
+            dismiss(root / name)
+            st.rerun(scope="app")
     for run in reversed(found):
         state = runs.run_state(run)
         text = f"**{run.name}** · `{run.method}` · {runs.describe_status(run)}"
         if status_row(state, text, f"stop_{run.name}" if state == "running" else None):
             runs.stop_run(run.path)
             st.toast(f"Stop requested for {run.name}")
-        for warning in run.warnings:
-            st.warning(f"{run.name}: {warning}", icon=":material/warning:")
+        if run.warnings:
+            st.warning(warning_box(run), icon=":material/warning:")

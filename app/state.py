@@ -139,6 +139,14 @@ def pending(root: Path, known: set[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def dismiss(path: Path) -> None:
+    """Forget a start that failed: its process, and its folder if that holds no run."""
+    launched().pop(str(path.resolve()), None)
+    runs.discard_failed_start(path)
+    if st.session_state.watch == path.name:
+        st.session_state.watch = None
+
+
 def overview(root: Path) -> tuple[list[runs.Run], dict, tuple]:
     """All runs, processes still starting, and (name, active) of each; sets the live flag.
 

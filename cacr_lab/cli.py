@@ -9,8 +9,12 @@
 This module is argparse only: every default comes from :mod:`cacr_lab.config` (TrainConfig's
 fields, the runs root), and the commands call :mod:`cacr_lab.train` and
 :mod:`cacr_lab.experiments`. Bad input exits with status 2 and one line on stderr that starts with
-``error:`` (no traceback); an existing run is never deleted or overwritten unless ``--overwrite``
-is given.
+``error:`` (no traceback); a run that fails (a non-finite loss, a full disk, a read-only folder)
+exits with 1 and one line naming the cause and the file; a run or compare stopped by SIGTERM or
+Ctrl-C writes a checkpoint and exits with 128 + the signal's number. An existing run is never
+deleted or overwritten unless ``--overwrite`` is given (and only a run folder, never another);
+``--resume`` continues a run with its stored options and refuses flags that would change them,
+but a larger ``--epochs``.
 """
 
 from __future__ import annotations
@@ -133,11 +137,7 @@ def _add_train_flags(p: argparse.ArgumentParser, *, single_run: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cacr-lab", description="CACR contrastive learning lab: train, eval, compare")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="pre-train an encoder and write a run directory")
-    _add_train_flags(t, single_run=True)
-    default_run = str(runs_root() / "METHOD-DATASET-TIME").replace("%", "%%")
-    t.add_argument("--run-dir", default=None, help=f"run folder (default {default_run})")
-    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run")
+    _train_arguments(sub.add_parser("train", help="pre-train an encoder and write a run directory"))
     e = sub.add_parser("eval", help="kNN, linear-probe and per-class accuracy of a run")
     e.add_argument("run_dir")
     e.add_argument(
@@ -157,6 +157,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output folder (runs/, results.csv, report.md)")
     _add_train_flags(c, single_run=False)
     return p
+
+
+def _train_arguments(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of ``cacr-lab train`` (also parsed alone to see which flags were typed)."""
+    _add_train_flags(t, single_run=True)
+    default_run = str(runs_root() / "METHOD-DATASET-TIME").replace("%", "%%")
+    t.add_argument("--run-dir", default=None, help=f"run folder (default {default_run})")
+    t.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run with its stored options (--epochs N > its epochs extends it)",
+    )
+    return t
+
+
+_NOT_TYPED = object()
+# Flags of `train` that name no TrainConfig field, and the one whose field has another name.
+_NOT_FIELDS = {"overwrite", "no_progress", "run_dir", "resume", "command"}
+
+
+def _typed_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields set by flags typed on the command line (not by their defaults):
+    what a resume must check against the stored config."""
+    argv = list(args.argv)
+    namespace = argparse.Namespace(**{k: _NOT_TYPED for k in vars(args)})
+    parser = _train_arguments(_Parser(prog="cacr-lab train"))
+    typed = vars(parser.parse_args(argv[argv.index("train") + 1 :], namespace=namespace))
+    changes: dict[str, Any] = {}
+    for dest, value in typed.items():
+        if value is _NOT_TYPED or value is None or dest in _NOT_FIELDS or dest == "argv":
+            continue
+        if dest.startswith("loss_"):
+            changes.setdefault("loss_options", {})[dest[5:]] = value
+        elif dest == "no_amp":
+            changes["amp"] = not value
+        elif dest == "imbalance":
+            changes[dest] = None if value == "none" else value
+        else:
+            changes[dest] = value
+    return changes
 
 
 def config_from_args(args: argparse.Namespace, method: str, seed: int) -> TrainConfig:
@@ -219,23 +260,46 @@ def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cacr_lab.runs import new_run_name
-    from cacr_lab.train import train
+    from cacr_lab.runs import new_run_name, read_status
+    from cacr_lab.train import resume_config, stop_requests, train
+    from cacr_lab.train.resume import nothing_left
 
     if args.resume:
+        if args.run_dir or args.overwrite:
+            raise ValueError("--resume continues a run in its folder: drop --run-dir, --overwrite")
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise ValueError(f"--resume {run_dir}: no such run directory")
+        # The stored config, changed only by typed flags that may change it (checked here,
+        # before anything is written).
+        config = resume_config(run_dir, _typed_changes(args))
+        note = nothing_left(run_dir, config)
+        if note is not None:
+            print(note, file=sys.stderr)
+            return 0
+    else:
         config = config_from_args(args, args.method, args.seed)
-        train(config, run_dir, resume=True, progress=not args.no_progress)
-        return 0
-    config = config_from_args(args, args.method, args.seed)
-    run_dir = (
-        Path(args.run_dir)
-        if args.run_dir
-        else runs_root() / new_run_name(args.method, args.dataset)
-    )
-    train(config, run_dir, overwrite=args.overwrite, progress=not args.no_progress)
+        run_dir = (
+            Path(args.run_dir)
+            if args.run_dir
+            else runs_root() / new_run_name(args.method, args.dataset)
+        )
+    with stop_requests() as stop:
+        train(
+            config,
+            run_dir,
+            resume=bool(args.resume),
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    status = read_status(run_dir)
+    if stop.requested and status.get("state") == "stopped":
+        print(
+            f"stopped by {stop.name} at step {status.get('step')}, checkpoint written; "
+            f"continue with: cacr-lab train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + int(stop.signal)
     return 0
 
 
@@ -281,20 +345,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # which flags were typed: a resume refuses those that change the run
     command = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare}[args.command]
-    from cacr_lab.train import NonFiniteLossError
+    from cacr_lab.train import NonFiniteLossError, error_line
+    from cacr_lab.train.guards import StudyStopped
 
     try:
         return command(args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except StudyStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signal
+    except (NonFiniteLossError, OSError) as exc:  # OSError: disk full, read-only folder, ...
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except RuntimeError as exc:  # e.g. torchvision's own errors, CUDA out of memory
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -36,6 +36,7 @@ from cacr_lab.models import ENCODERS, default_encoder
 
 __all__ = [
     "COSTS",
+    "DATA_DIRS_ENV",
     "IMBALANCE_PROFILES",
     "LOSSES",
     "MOMENTUM_SCHEDULES",
@@ -49,13 +50,16 @@ __all__ = [
     "WEIGHTINGS",
     "WEIGHT_GRADS",
     "TrainConfig",
+    "check_image_folder",
     "default",
+    "image_folder_roots",
     "paper_loss_options",
     "runs_root",
 ]
 
 RUNS_ENV = "CACR_LAB_RUNS"  # environment variable naming the runs root
 RUNS_DIR = "runs"  # the runs root's default name
+DATA_DIRS_ENV = "CACR_LAB_DATA_DIRS"  # more folders the dashboard may read image trees from
 
 
 def runs_root(base: str | os.PathLike | None = None) -> Path:
@@ -67,6 +71,34 @@ def runs_root(base: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env)
     return Path(base) / RUNS_DIR if base is not None else Path(RUNS_DIR)
+
+
+def image_folder_roots(default_root: str | os.PathLike) -> list[Path]:
+    """The folders an image folder typed on the dashboard must lie under: ``default_root`` (the
+    repo's ``data/``) and those listed in ``$CACR_LAB_DATA_DIRS`` (separated by ``os.pathsep``)."""
+    extra = [p for p in os.environ.get(DATA_DIRS_ENV, "").split(os.pathsep) if p.strip()]
+    return [Path(p).expanduser().resolve() for p in (default_root, *extra)]
+
+
+def check_image_folder(path: str, roots: list[Path]) -> Path:
+    """``path`` resolved (relative to ``roots[0]``) if it lies under one of ``roots``, else
+    ValueError: a page visitor must not make the server read the whole file system.
+
+    >>> check_image_folder("/", [Path("/srv/data")])
+    Traceback (most recent call last):
+    ...
+    ValueError: image folder '/' is outside the folders this page may read (/srv/data); move it there or add its parent to $CACR_LAB_DATA_DIRS
+    """  # noqa: E501
+    if not path.strip():
+        raise ValueError("type the path of an image folder (PATH/<class>/<image>)")
+    resolved = (roots[0] / Path(path.strip()).expanduser()).resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise ValueError(
+            f"image folder {path!r} is outside the folders this page may read "
+            f"({', '.join(str(r) for r in roots)}); move it there or add its parent to "
+            f"${DATA_DIRS_ENV}"
+        )
+    return resolved
 
 
 def default(name: str) -> Any:
@@ -170,6 +202,10 @@ class TrainConfig:
         _int_at_least("snapshot_size", self.snapshot_size, 2)
         _int_at_least("snapshot_queries", self.snapshot_queries, 1)
         _int_at_least("knn_k", self.knn_k, 1)
+        for name in ("seed", "imbalance_seed"):  # before torch.manual_seed sees it
+            _int_at_least(name, getattr(self, name), 0)
+            if getattr(self, name) > MAX_SEED:
+                raise ValueError(f"{name} must be at most 2**63 - 1; got {getattr(self, name)!r}")
         if self.max_steps is not None:
             _int_at_least("max_steps", self.max_steps, 1)
         self._check_moco()
@@ -191,6 +227,8 @@ class TrainConfig:
         # Let the loss validate its own options now, not at the first step.
         probe = torch.nn.functional.normalize(torch.randn(2, 2, 3), dim=-1)
         LOSSES[self.method](probe, **self.resolved_loss_options())
+        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+            check_step_memory(self, host_memory(), "this machine's memory")
 
     def _check_moco(self) -> None:
         """The moco fields; local crops need method moco, crop views and a size-free encoder."""
@@ -234,6 +272,46 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range, from 0
+# Bytes one step's loss needs per element of its (P, B, B) distance blocks, P = V(V-1)/2 view
+# pairs (measured on CPU: CACR 11-26, InfoNCE-style losses ~100; the fp32 blocks of the distances,
+# the weights and their gradients).
+LOSS_BYTES_PER_PAIR = {"cacr": 24, "align-uniform": 24, "moco": 48}
+DEFAULT_LOSS_BYTES_PER_PAIR = 96
+
+
+def step_memory(config: TrainConfig) -> int:
+    """Bytes one training step's loss needs, estimated from V x B before anything is allocated.
+
+    >>> step_memory(TrainConfig()) / 2**20  # V = 5 views (10 pairs), B = 128: MiB
+    3.75
+    """
+    pairs = config.n_views * (config.n_views - 1) // 2
+    per = LOSS_BYTES_PER_PAIR.get(config.method, DEFAULT_LOSS_BYTES_PER_PAIR)
+    return per * pairs * config.batch_size**2
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_step_memory(config: TrainConfig, available: int | None, where: str) -> None:
+    """ValueError when one step needs more than ``available`` bytes (``where`` names them)."""
+    need = step_memory(config)
+    if available is not None and need > available:
+        raise ValueError(
+            f"positives={config.positives} and batch_size={config.batch_size} need about "
+            f"{need / 2**30:.1f} GiB for one step's loss ({config.n_views} views: "
+            f"{config.n_views * (config.n_views - 1) // 2} view pairs x {config.batch_size}² "
+            f"distances), more than {where} ({available / 2**30:.1f} GiB); "
+            "lower --positives or --batch-size"
+        )
 
 
 def _int_at_least(name: str, value: Any, low: int) -> None:

@@ -102,14 +102,17 @@ def compare(
     ``base_config`` holds the :class:`TrainConfig` fields every run shares (a mapping of fields,
     or a config); each run sets ``method`` and ``seed`` (0..seeds-1) on top. Every config is
     validated before the first run starts (ValueError names a bad value). A finished run of the
-    same config is reused unless ``overwrite``, so an interrupted compare picks up where it stopped.
+    same config is reused and a stopped or killed one resumed unless ``overwrite``, so an
+    interrupted compare picks up where it stopped. SIGTERM or Ctrl-C stops the compare as a
+    whole: the current run stops with a checkpoint, no further run starts, and
+    :class:`~cacr_lab.train.guards.StudyStopped` says how far it got.
 
     Writes ``OUT/runs/METHOD-seedS/`` (run directories), ``OUT/results.csv`` (one row per run),
     ``OUT/report.md`` (mean +- std per method) and plotly HTML figures that render offline
     (``plotly.min.js`` written once beside them: :func:`cacr_lab.figures.write_html`).
     """
-    from cacr_lab import figures
-    from cacr_lab.train import train
+    from cacr_lab.train import stop_requests, train
+    from cacr_lab.train.guards import StudyStopped
 
     out = Path(out)
     base = (
@@ -123,34 +126,74 @@ def compare(
         for s in range(seeds)
     ]
     rows, runs = [], []
-    for method, seed, config in configs:  # all validated before the first run starts
-        run_dir = out / "runs" / f"{method}-seed{seed}"
-        # Reuses a finished run of the same config: an interrupted compare picks up where it
-        # stopped.
-        train(config, run_dir, overwrite=overwrite, reuse=not overwrite, progress=progress)
-        run = load_run(run_dir)
-        runs.append(run)
-        final = run.eval_records()[-1]
-        rows.append(
-            {
-                "method": method,
-                "seed": seed,
-                "knn_acc": final["knn_acc"],
-                "probe_acc": final.get("probe_acc"),
-                "per_class_acc": json.dumps(final.get("per_class_acc")),
-                "run_dir": str(run_dir),
-            }
-        )
+    with stop_requests() as stop:  # one flag for the whole study: a run's stop ends it
+        for done, (method, seed, config) in enumerate(configs):  # all validated already
+            run_dir = out / "runs" / f"{method}-seed{seed}"
+            started = not stop.requested
+            if started:
+                # A finished run of the same config is reused, a stopped one resumed.
+                resume = not overwrite and _resumable(run_dir, config)
+                train(
+                    config,
+                    run_dir,
+                    overwrite=overwrite,
+                    reuse=not overwrite,
+                    resume=resume,
+                    progress=progress,
+                )
+            if stop.requested:
+                where = f"{run_dir.name} stopped with a checkpoint" if started else "nothing lost"
+                raise StudyStopped(
+                    f"{stop.name} after {done} of {len(configs)} runs ({where}); run the same "
+                    "command again to continue: finished runs are reused, a stopped one resumes",
+                    int(stop.signal),
+                )
+            rows.append(_row(method, seed, run_dir))
+            runs.append(load_run(run_dir))
+    _write_report(out, rows, runs, configs[0][2], seeds)
+    return out
+
+
+def _resumable(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of ``config`` with a checkpoint."""
+    from cacr_lab.train.resume import check_resume
+
+    try:
+        check_resume(run_dir, config)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _row(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    """The results.csv row of a finished run."""
+    run = load_run(run_dir)
+    final = run.eval_records()[-1]
+    return {
+        "method": method,
+        "seed": seed,
+        "knn_acc": final["knn_acc"],
+        "probe_acc": final.get("probe_acc"),
+        "per_class_acc": json.dumps(final.get("per_class_acc")),
+        "run_dir": str(run_dir),
+    }
+
+
+def _write_report(
+    out: Path, rows: list[dict[str, Any]], runs: list, config: TrainConfig, seeds: int
+) -> None:
+    """results.csv, report.md and the HTML figures of a compare."""
+    from cacr_lab import figures
+
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "report.md").write_text(_report(rows, configs[0][2], seeds))
+    (out / "report.md").write_text(_report(rows, config, seeds))
     figures.write_html(figures.eval_curves(runs), out / "eval_curves.html")
     figures.write_html(figures.loss_curves(runs), out / "loss_curves.html")
     figures.write_html(figures.weight_stats_over_time(runs), out / "weight_stats.html")
     figures.write_html(figures.per_class_bars(runs), out / "per_class.html")
-    return out
 
 
 def _mean_std(xs: list[float]) -> str:

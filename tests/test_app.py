@@ -332,6 +332,7 @@ def test_runs_written_elsewhere_appear_with_their_state(finished_run, tmp_path, 
 
 def test_a_trainer_that_cannot_start_shows_its_error_line(tmp_path, monkeypatch):
     root = tmp_path / "runs"
+    monkeypatch.setenv("CACR_LAB_DATA_DIRS", str(tmp_path))  # image folders the page may read
     at = app(root, monkeypatch).run()
     at.selectbox(key="dataset").select("folder").run()
     at.text_input(key="folder_path").set_value(str(tmp_path / "no-such-folder")).run()

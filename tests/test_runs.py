@@ -442,3 +442,31 @@ def test_metrics_tail_follows_a_live_writer_and_restarts_after_truncation(tmp_pa
 # --------------------------------------------------------------------------------------------
 # Import weight
 # --------------------------------------------------------------------------------------------
+
+
+def test_a_version_1_run_folder_is_still_read_resumed_and_replaced(tmp_path):
+    """Folders written before the format's signature, lock and pid token (version 1)."""
+    from cacr_lab.runs import FORMAT_VERSION, run_format_of
+
+    with RunWriter(tmp_path / "r", CONFIG) as w:
+        w.log(_train(1))
+    assert run_format_of(tmp_path / "r") == FORMAT_VERSION == 2
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    del config["run_format"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    del status["pid_start"]
+    (tmp_path / "r" / "status.json").write_text(json.dumps(status))
+    (tmp_path / "r" / ".lock").unlink()
+    assert run_format_of(tmp_path / "r") == 1
+    run = load_run(tmp_path / "r")
+    assert run.warnings == [] and run.status["state"] == "finished" and len(run.metrics) == 1
+    with RunWriter(tmp_path / "r", CONFIG, resume=True) as w:
+        w.log(_train(2))
+    assert run_format_of(tmp_path / "r") == 2 and len(load_run(tmp_path / "r").metrics) == 2
+    # a folder whose config.json has neither signature is no run
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"method": "cacr"}))
+    assert run_format_of(tmp_path / "other") is None
+    with pytest.raises(ValueError, match="not a run directory"):
+        RunWriter(tmp_path / "other", CONFIG, resume=True)

@@ -21,6 +21,7 @@ from cacr_lab.train import (
     Trainer,
     finished_with,
     lr_at_epoch,
+    resume_config,
     train,
 )
 from cacr_lab.train.moco import momentum_at
@@ -248,7 +249,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     killed_step = torch.load(last_checkpoint(run_dir), weights_only=True)["step"]
     assert killed_step < 3 * (1347 // 256), "the process must be killed before it finished"
 
-    train(TrainConfig(**cfg), run_dir, resume=True, progress=False)
+    # the run's stored config (the CLI run kept the default snapshot size)
+    train(resume_config(run_dir), run_dir, resume=True, progress=False)
     for k, v in _final_state(ref).items():
         torch.testing.assert_close(_final_state(run_dir)[k], v, rtol=0, atol=0)
     losses = lambda p: [(r["step"], r["loss"]) for r in load_run(p).train_records()]  # noqa: E731
@@ -256,13 +258,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert load_run(run_dir).status["state"] == "finished"
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     run_dir = train(tiny(), tmp_path / "run", progress=False)
     good = last_checkpoint(run_dir).read_bytes()
-    # Continue the same run with an absurd learning rate: the weights overflow.
-    bad = tiny(epochs=3, lr=1e30)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+.*last finite"):
-        Trainer(bad, run_dir, resume=True, progress=False).run()
+    # Extend the run, with an absurd learning rate slipped in: the weights overflow. (A resume
+    # refuses a changed lr, so it comes in through the schedule.)
+    monkeypatch.setattr("cacr_lab.train.trainer.lr_at_epoch", lambda config, epoch: 1e30)
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite (loss|gradient) at step \d+.*last finite"
+    ):
+        Trainer(tiny(epochs=3), run_dir, resume=True, progress=False).run()
     run = load_run(run_dir)
     assert run.status["state"] == "failed" and "non-finite" in run.status["error"]
     assert last_checkpoint(run_dir).read_bytes() == good
@@ -355,3 +360,28 @@ def test_infonce_cmc_form_trains_and_snapshots_its_cross_view_weights(tmp_path):
     snap = latest_snapshot(run.path)
     assert snap.neg_weights.shape[1] == 63
     np.testing.assert_allclose(snap.neg_weights.sum(1), 1.0, atol=1e-5)
+
+
+def test_finite_guard_without_a_sync_per_step_reports_at_the_next_sync():
+    """The GPU form of the guard (no host sync per step), on CPU tensors: a non-finite gradient
+    is recorded on the device and raised at the next sync -- a logging step or a checkpoint --
+    naming the steps since the last one; non-finite weights are never checkpointed."""
+    from cacr_lab.losses import LossOutput
+    from cacr_lab.train.guards import FiniteGuard
+
+    guard = FiniteGuard(check_every_step=False)
+    param = torch.nn.Parameter(torch.ones(3))
+    out = LossOutput(loss=torch.tensor(0.5), attraction=torch.tensor(1.0))
+    param.grad = torch.ones(3)
+    guard.before_step(out, [param], step=1, epoch=0)
+    guard.sync(step=1, epoch=0)  # finite so far
+    for step, grad in ((2, torch.ones(3)), (3, torch.tensor([1.0, float("inf"), 1.0]))):
+        param.grad = grad
+        guard.before_step(out, [param], step=step, epoch=0)  # no raise: nothing synced yet
+    with pytest.raises(NonFiniteLossError, match="between step 2 and step 3"):
+        guard.sync(step=3, epoch=0)
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite weights at step 7: no checkpoint"):
+        guard.check_weights(model, step=7)

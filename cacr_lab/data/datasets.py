@@ -367,6 +367,11 @@ def _load_folder(
                 f"{name}: class folder {path / cls} holds no images "
                 f"(suffixes {', '.join(IMAGE_EXTENSIONS)})"
             )
+        if len(found) < 2:  # checked before decoding anything: a test split needs one per class
+            raise ValueError(
+                f"{name}: class folder {path / cls} holds only 1 image; the train/test split "
+                "needs at least 2 images per class"
+            )
         files += found
         labels += [label] * len(found)
 

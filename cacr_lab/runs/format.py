@@ -8,13 +8,17 @@ No module outside ``cacr_lab.runs`` knows file names inside a run; the trainer w
 
 Layout of a run folder ``<root>/<name>/``::
 
-    config.json          every option of the run, written once (rewritten on resume)
+    config.json          every option of the run, and the run's signature (rewritten on resume)
     metrics.jsonl        one JSON object per line, appended and flushed per logging step
     status.json          live state of the process, replaced atomically
     snapshots/           snap_{step:08d}.npz, replaced atomically
     checkpoints/         last.pt and epoch_{N:04d}.pt, written by the trainer
     train.log            stdout/stderr of a run started by :func:`start_process` (the dashboard)
     evaluation.json      results of ``cacr-lab eval``, keyed by protocol (only once evaluated)
+    .lock                empty; its ``flock`` is held by the one process writing the run
+
+Nothing else belongs in a run folder: ``--overwrite`` deletes a folder only when it carries the
+signature and holds only these names (and leftover ``.tmp-*`` files), and names what else it found.
 
 ``config.json``
     The trainer's options as a (flat-ish) JSON object -- ``method`` (the loss registry key,
@@ -24,7 +28,10 @@ Layout of a run folder ``<root>/<name>/``::
     - ``code_version``: ``{"cacr_lab": __version__, "git_commit": str | null}``;
     - ``class_counts``: list[int], images per class in the pre-training set (null if unknown);
     - ``created``: ISO-8601 local time with UTC offset, e.g. ``"2026-11-27T22:35:01+01:00"``;
-    - ``resumed`` (only after a resume): list of ISO times at which the run was resumed.
+    - ``resumed`` (only after a resume): list of ISO times at which the run was resumed;
+    - ``run_format``: the format version (2), the folder's signature: a ``config.json`` without
+      it is no run of this lab, whatever its name (version 1 runs are recognised by
+      ``code_version.cacr_lab`` and ``created``, which every version writes).
 
 ``metrics.jsonl``
     UTF-8, one JSON object per line, each line ends with ``\\n``. Strict JSON: a non-finite float
@@ -43,11 +50,14 @@ Layout of a run folder ``<root>/<name>/``::
     corrupt complete line with a warning.
 
 ``status.json``
-    ``{"state": "running" | "finished" | "failed" | "stopped", "pid": int, "step": int,
-    "epoch": int, "total_steps": int, "images_per_sec": float | null, "eta_sec": float | null,
-    "error": str | null, "updated": ISO time}``. Readers additionally report ``"stale"`` for a run
-    whose status says running but whose process is gone, and ``"unknown"`` when the file is
-    missing or unreadable.
+    ``{"state": "running" | "finished" | "failed" | "stopped", "pid": int, "pid_start": str | null,
+    "step": int, "epoch": int, "total_steps": int, "images_per_sec": float | null,
+    "eta_sec": float | null, "error": str | null, "updated": ISO time}``. ``pid_start`` tells the
+    process apart from a later one given the same pid (on Linux the boot id and the process's
+    start time in clock ticks; :func:`cacr_lab.runs.ownership.process_token`): a run is alive, and
+    may be sent a signal, only while a process with both its pid and its token exists. Readers
+    additionally report ``"stale"`` for a run whose status says running but whose process is gone,
+    and ``"unknown"`` when the file is missing or unreadable.
 
 ``snapshots/snap_{step:08d}.npz``
     Written to a temporary file ``.tmp-*`` in the same folder, then ``os.replace``-d into place, so
@@ -67,7 +77,20 @@ Layout of a run folder ``<root>/<name>/``::
 
 ``checkpoints/``
     Owned by the trainer; this module only names the paths (:func:`checkpoint_dir`,
-    :func:`checkpoint_path`, :func:`last_checkpoint`).
+    :func:`checkpoint_path`, :func:`last_checkpoint`). ``last.pt`` is the newest state: after
+    every epoch, and at the step where a run was stopped; ``epoch_NNNN.pt`` only after complete
+    epochs. Both are written with :func:`atomic_write`, never from non-finite weights.
+
+``.lock``
+    Taken with ``flock`` (exclusive, non-blocking) by the writer before it changes anything and
+    held until it closes; the kernel releases it however the process ends (kill -9 included), so a
+    second writer of the same folder -- started at the same instant or later -- is refused while
+    the first lives. The file itself is never deleted (that would let two owners lock two files).
+
+Versions: 2 added ``run_format``, ``pid_start`` and ``.lock`` (and ``last.pt`` at a stop's step).
+Version 1 folders (cacr_lab 0.1.0 before it) lack them; readers load them as before, a writer
+resumes or overwrites them (recognised by ``code_version``), and their status, without a
+``pid_start``, is trusted by its pid alone for display but never signalled.
 
 Example (the whole round trip):
 
@@ -84,6 +107,7 @@ Example (the whole round trip):
 (2, 3)
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -105,10 +129,36 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
 EVALUATION_FILE = "evaluation.json"
 
+LOCK_FILE = ".lock"
+FORMAT_KEY = "run_format"  # config.json's signature: the format version
+FORMAT_VERSION = 2
+# Everything a run folder may hold (besides .tmp-* leftovers): what --overwrite may delete.
+RUN_ENTRIES = frozenset(
+    {
+        CONFIG_FILE,
+        METRICS_FILE,
+        STATUS_FILE,
+        SNAPSHOT_DIR,
+        CHECKPOINT_DIR,
+        LOG_FILE,
+        EVALUATION_FILE,
+        LOCK_FILE,
+    }
+)
+
 STATES = ("running", "finished", "failed", "stopped")
 # Optional snapshot arrays; each pair shares one (Q, set size) shape.
 SNAPSHOT_ARRAYS = ("pos_weights", "pos_d2", "neg_weights", "neg_d2")
-_STATUS_FIELDS = ("pid", "step", "epoch", "total_steps", "images_per_sec", "eta_sec", "error")
+_STATUS_FIELDS = (
+    "pid",
+    "pid_start",
+    "step",
+    "epoch",
+    "total_steps",
+    "images_per_sec",
+    "eta_sec",
+    "error",
+)
 _SNAPSHOT_RE = re.compile(r"^snap_(\d{8,})\.npz$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _TMP_PREFIX = ".tmp-"  # leading dot: never matches snap_*.npz, hidden in file browsers
@@ -197,9 +247,14 @@ def atomic_write(
     ``data`` is the bytes, or a function that writes into an open binary file (``np.savez``,
     ``torch.save``). It goes to a hidden temp file next to ``path``, which is then renamed over it;
     on any error the temp file is removed and the previous file stays.
+    An OSError (disk full, read-only or forbidden folder) is raised again naming ``path``, the
+    file the caller asked for, not the temp file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=path.suffix)
+    except OSError as err:
+        raise io_error(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -210,9 +265,20 @@ def atomic_write(
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise io_error(err, path) from None
         raise
+
+
+def io_error(err: OSError, path: str | os.PathLike) -> OSError:
+    """``err`` (same errno, so the same subclass) naming ``path``: ``str()`` gives
+    ``[Errno 28] No space left on device: 'runs/x/checkpoints/last.pt'``."""
+    if err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path))
 
 
 # The pid check lives here, not in process.py: the reader (stale runs) and the writer (refusing to

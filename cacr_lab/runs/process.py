@@ -1,10 +1,12 @@
-"""Runs as processes (the dashboard's side): start, stop, the log, one line of status text.
+"""Runs as processes (the dashboard's side): start, stop, the log, one line of status text, and
+dismissing a start that failed.
 
 A run started here is an ordinary trainer process writing its folder through
 :class:`~cacr_lab.runs.RunWriter`; the dashboard never imports the training loop, it starts a
-process, reads the folder (:mod:`cacr_lab.runs.reader`) and sends SIGTERM to stop it. Whether a
-status's process is alive is checked by ``format._pid_alive`` (the reader and the writer need it
-too).
+process, reads the folder (:mod:`cacr_lab.runs.reader`) and sends SIGTERM to stop it -- only to
+the process that wrote the status: its pid and its start token must both match
+(:func:`cacr_lab.runs.ownership.process_alive`), so a pid reused by another process is never
+signalled.
 """
 
 import math
@@ -18,11 +20,12 @@ from typing import Any
 
 from cacr_lab.runs.format import (
     CONFIG_FILE,
+    LOCK_FILE,
     LOG_FILE,
     STATUS_FILE,
-    _pid_alive,
     _read_json_or_empty,
 )
+from cacr_lab.runs.ownership import process_alive
 from cacr_lab.runs.reader import Run, run_state
 
 
@@ -107,19 +110,36 @@ def start_process(
 
 
 def stop_run(run_dir: str | os.PathLike) -> bool:
-    """Ask a running run to stop: SIGTERM to the pid in its status.json.
+    """Ask a running run to stop: SIGTERM to the process in its status.json.
 
-    The trainer catches SIGTERM, writes a checkpoint and sets the state ``"stopped"``. Returns
-    False (and sends nothing) unless the status says running and that process is alive.
+    The trainer catches SIGTERM, writes a checkpoint at the current step and sets the state
+    ``"stopped"``. Returns False (and sends nothing) unless the status says running and a process
+    with both its ``pid`` and its ``pid_start`` token is alive (a status without a token, from an
+    older version, is not trusted).
     """
     status = _read_json_or_empty(Path(run_dir) / STATUS_FILE)
-    pid = status.get("pid")
-    if status.get("state") != "running" or not _pid_alive(pid):
+    pid, token = status.get("pid"), status.get("pid_start")
+    if status.get("state") != "running" or token is None or not process_alive(pid, token):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    return True
+
+
+def discard_failed_start(run_dir: str | os.PathLike) -> bool:
+    """Remove the folder of a start that failed before it wrote a run (:func:`start_process`
+    made it: ``train.log`` and at most an empty claim). Never touches a run: returns False, and
+    removes nothing, when the folder holds anything else."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        empty_dir = entry.is_dir() and not any(entry.iterdir())
+        if entry.name not in (LOG_FILE, LOCK_FILE) and not empty_dir:
+            return False
+    shutil.rmtree(run_dir)
     return True
 
 

@@ -25,10 +25,10 @@ from cacr_lab.runs.format import (
     STATUS_FILE,
     _loads,
     _parse_lines,
-    _pid_alive,
     _read_json_or_empty,
     _snapshot_step,
 )
+from cacr_lab.runs.ownership import process_alive
 
 
 @dataclass
@@ -124,9 +124,10 @@ def list_runs(root: str | os.PathLike) -> list[Run]:
 
 
 def run_state(run: Run) -> str:
-    """The status state, with ``"stale"`` for a "running" run whose process is gone."""
+    """The status state, with ``"stale"`` for a "running" run whose process is gone (or whose
+    pid now belongs to another process: the status's ``pid_start`` token no longer matches)."""
     state = str(run.status.get("state", "unknown"))
-    if state == "running" and not _pid_alive(run.status.get("pid")):
+    if state == "running" and not process_alive(run.status.get("pid"), run.status.get("pid_start")):
         return "stale"
     return state
 

@@ -5,6 +5,7 @@ No torch import: tensors are converted by duck typing (``.detach()``), so the da
 ``import cacr_lab.runs`` stays light.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,9 @@ from cacr_lab.runs.format import (
     _TMP_PREFIX,
     CONFIG_FILE,
     EVALUATION_FILE,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    LOCK_FILE,
     LOG_FILE,
     METRICS_FILE,
     SNAPSHOT_ARRAYS,
@@ -33,12 +37,19 @@ from cacr_lab.runs.format import (
     _jsonable,
     _now_iso,
     _parse_lines,
-    _pid_alive,
     _read_json_or_empty,
     _snapshot_step,
     atomic_write,
     checkpoint_dir,
+    io_error,
     snapshot_path,
+)
+from cacr_lab.runs.ownership import (
+    RunLock,
+    check_replaceable,
+    process_alive,
+    process_token,
+    run_format_of,
 )
 from cacr_lab.runs.reader import list_snapshots
 
@@ -50,15 +61,20 @@ class RunWriter:
         run_dir: the run folder; created if missing.
         config: every option of the run; must be JSON-able (numpy/torch scalars, tuples, Paths
             and dataclasses are converted).
-        overwrite: delete an existing run at ``run_dir`` first. Refuses a folder without
-            ``config.json`` (not a run) and a run whose process is still alive.
+        overwrite: delete an existing run at ``run_dir`` first. Refuses a folder that is not a
+            run (:func:`~cacr_lab.runs.ownership.check_replaceable`: no signature, or files no
+            run writes) and a run whose process is still alive.
         resume: continue an existing run: keep metrics and snapshots (call
             :meth:`truncate_after` with the checkpoint's step to drop what came later).
         class_counts: images per class in the pre-training set (else ``config["class_counts"]``).
         fsync: ``os.fsync`` after every metrics line and status write (safer, slower).
 
-    Used as a context manager the status ends as ``finished`` on a clean exit (if still
-    ``running``), ``stopped`` on KeyboardInterrupt and ``failed`` with the error otherwise.
+    The writer owns the folder from the start to :meth:`close`: it holds the folder's lock
+    (:class:`~cacr_lab.runs.ownership.RunLock`), so a second writer is refused, and every check
+    runs before it writes anything. Used as a context manager the status ends as ``finished`` on a
+    clean exit (if still ``running``), ``stopped`` on KeyboardInterrupt and ``failed`` with the
+    error otherwise. A write that fails (disk full, read-only folder) raises an OSError naming
+    the file.
     """
 
     def __init__(
@@ -78,20 +94,38 @@ class RunWriter:
         self.path = Path(run_dir)
         self.fsync = fsync
         self._file = None
+        self._lock = RunLock(self.path)
         old_config = self._claim_folder(overwrite=overwrite, resume=resume)
+        try:
+            self._start(config, class_counts, old_config, resume=resume)
+        except BaseException:
+            self.close()  # a writer that failed to start owns nothing
+            raise
+
+    def _start(
+        self,
+        config: Mapping[str, Any],
+        class_counts: Sequence[int] | None,
+        old_config: dict,
+        *,
+        resume: bool,
+    ) -> None:
+        """Write the config (with the signature), open the metrics, status "running"."""
         self.config = _full_config(config, class_counts, old_config, resume=resume)
         atomic_write(
-            self.path / CONFIG_FILE, (_dumps(self.config, indent=2) + "\n").encode(), fsync=fsync
+            self.path / CONFIG_FILE,
+            (_dumps(self.config, indent=2) + "\n").encode(),
+            fsync=self.fsync,
         )
-
         self._time_offset = 0.0  # seconds already trained before this process (resume)
         if resume:
             self._rewrite_metrics(lambda rec: True)  # also drops a half-written last line
         self._t0 = time.monotonic()
-        self._file = open(self.path / METRICS_FILE, "a", encoding="utf-8")
+        self._file = self._open_metrics()
         self.status: dict[str, Any] = {
             "state": "running",
             "pid": os.getpid(),
+            "pid_start": process_token(os.getpid()),
             "step": 0,
             "epoch": 0,
             "total_steps": 0,
@@ -101,42 +135,74 @@ class RunWriter:
         }
         self.set_status("running")
 
-    def _claim_folder(self, *, overwrite: bool, resume: bool) -> dict:
-        """Check, clear (overwrite) and create the run folder; return the old config (resume).
+    def _open_metrics(self) -> Any:
+        path = self.path / METRICS_FILE
+        try:
+            return open(path, "a", encoding="utf-8")
+        except OSError as err:
+            raise io_error(err, path) from None
 
-        Creates ``snapshots/`` and ``checkpoints/`` and removes temp files a crash left behind.
+    def _claim_folder(self, *, overwrite: bool, resume: bool) -> dict:
+        """Check the folder, lock it, check again under the lock, then clear it (overwrite) and
+        create ``snapshots/`` and ``checkpoints/``; return the old config (resume).
+
+        Every refusal comes before anything is written: the first check runs before the lock
+        file is created, the second (another writer may have claimed the folder meanwhile) holds
+        the lock. A folder created here for the lock is removed again if the claim fails.
         """
+        self._check_claim(overwrite=overwrite, resume=resume)
+        try:
+            self.path.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        self._lock.acquire()  # refused: another writer owns the folder, which stays as it is
+        try:
+            existing = self._check_claim(overwrite=overwrite, resume=resume)
+            old_config = _read_json_or_empty(self.path / CONFIG_FILE) if resume else {}
+            if existing and overwrite:
+                for entry in self.path.iterdir():
+                    if entry.name == LOCK_FILE:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            (self.path / SNAPSHOT_DIR).mkdir(exist_ok=True)
+            checkpoint_dir(self.path).mkdir(exist_ok=True)
+            for tmp in self.path.rglob(f"{_TMP_PREFIX}*"):  # leftovers of a crash mid-write
+                tmp.unlink(missing_ok=True)
+        except BaseException:
+            if created:  # leave no trace of a claim that failed (still holding the lock)
+                shutil.rmtree(self.path, ignore_errors=True)
+            self._lock.release()
+            raise
+        return old_config
+
+    def _check_claim(self, *, overwrite: bool, resume: bool) -> bool:
+        """Refuse what this writer must not take (nothing is written here); return whether the
+        folder holds something that an overwrite replaces."""
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"{self.path} exists and is not a folder")
-
+        if not self.path.is_dir():
+            if resume:
+                raise ValueError(f"cannot resume: not a run directory: {self.path}")
+            return False
         # A lone train.log is the output of the process that is creating this run (start_process).
-        existing = self.path.is_dir() and any(p.name != LOG_FILE for p in self.path.iterdir())
-        is_run = (self.path / CONFIG_FILE).is_file()
-        old_config: dict = {}
+        existing = any(p.name not in (LOG_FILE, LOCK_FILE) for p in self.path.iterdir())
         if resume:
-            if not is_run:
+            if run_format_of(self.path) is None:
                 raise ValueError(f"cannot resume: not a run directory: {self.path}")
             self._refuse_if_alive("resume")
-            old_config = _read_json_or_empty(self.path / CONFIG_FILE)
         elif existing and not overwrite:
             raise FileExistsError(
                 f"run directory {self.path} already exists and is not empty; "
                 "use --overwrite to replace it or --resume to continue it"
             )
-        elif existing:  # overwrite
-            if not is_run:
-                raise FileExistsError(
-                    f"refusing to delete {self.path}: it has no {CONFIG_FILE}, "
-                    "so it does not look like a run directory"
-                )
+        elif existing:
+            check_replaceable(self.path)
             self._refuse_if_alive("overwrite")
-            shutil.rmtree(self.path)
-
-        (self.path / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        checkpoint_dir(self.path).mkdir(exist_ok=True)
-        for tmp in self.path.rglob(f"{_TMP_PREFIX}*"):  # leftovers of a crash mid-write
-            tmp.unlink(missing_ok=True)
-        return old_config
+        return existing
 
     # -- metrics -----------------------------------------------------------------------------
 
@@ -158,10 +224,13 @@ class RunWriter:
             raise ValueError(f"record needs an int 'step' >= 0, got {record.get('step')!r}")
         rec = dict(record)
         rec.setdefault("time", self.elapsed())
-        self._file.write(_dumps(rec) + "\n")
-        self._file.flush()  # a live reader sees every step as soon as it is logged
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.write(_dumps(rec) + "\n")
+            self._file.flush()  # a live reader sees every step as soon as it is logged
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            raise io_error(err, self.path / METRICS_FILE) from None
 
     def truncate_after(self, step: int) -> int:
         """Drop records and snapshots with step > ``step`` (after resuming from a checkpoint).
@@ -171,14 +240,13 @@ class RunWriter:
         """
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        if self._file is not None:
-            self._file.close()
+        self._close_metrics()
         dropped = self._rewrite_metrics(lambda rec: not _int_gt(rec.get("step"), step))
         for snap in list_snapshots(self.path):
             if _snapshot_step(snap) > step:
                 snap.unlink()
         self._t0 = time.monotonic()
-        self._file = open(self.path / METRICS_FILE, "a", encoding="utf-8")
+        self._file = self._open_metrics()
         return dropped
 
     def _rewrite_metrics(self, keep: Any) -> int:
@@ -250,19 +318,45 @@ class RunWriter:
         unknown = sorted(set(fields) - set(_STATUS_FIELDS))
         if unknown:
             raise ValueError(f"unknown status fields {unknown}; allowed: {_STATUS_FIELDS}")
+        if "pid" in fields and "pid_start" not in fields:  # the identity of that process
+            fields["pid_start"] = process_token(fields["pid"])
         self.status.update(_jsonable(fields), state=state, updated=_now_iso())
         atomic_write(
             self.path / STATUS_FILE, (_dumps(self.status) + "\n").encode(), fsync=self.fsync
         )
         return dict(self.status)
 
+    def end(self, state: str, **fields: Any) -> bool:
+        """The last status of a run, written even when the disk is full: atomically if possible,
+        else in place (the old file's blocks are reused). Never raises an OSError; returns
+        False when the status could not be written at all (a read-only folder)."""
+        try:
+            self.set_status(state, **fields)
+            return True
+        except OSError:
+            pass
+        try:
+            with open(self.path / STATUS_FILE, "r+b") as f:
+                data = (_dumps(self.status) + "\n").encode()
+                f.write(data)
+                f.truncate(len(data))
+            return True
+        except OSError:
+            return False
+
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the metrics file (idempotent). The status is left as it is."""
+    def _close_metrics(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # a full disk fails the final flush again
+                file.close()
+
+    def close(self) -> None:
+        """Close the metrics file and release the folder's lock (idempotent). The status is left
+        as it is."""
+        self._close_metrics()
+        self._lock.release()
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -273,9 +367,9 @@ class RunWriter:
                 if self.status["state"] == "running":
                     self.set_status("finished", eta_sec=0.0)
             elif issubclass(exc_type, KeyboardInterrupt):
-                self.set_status("stopped", error="interrupted")
+                self.end("stopped", error="interrupted")
             else:
-                self.set_status("failed", error=f"{exc_type.__name__}: {exc}")
+                self.end("failed", error=f"{exc_type.__name__}: {exc}")
         finally:
             self.close()
         return False  # never swallow the exception
@@ -283,8 +377,14 @@ class RunWriter:
     def _refuse_if_alive(self, action: str) -> None:
         status = _read_json_or_empty(self.path / STATUS_FILE)
         pid = status.get("pid")
-        if status.get("state") == "running" and pid != os.getpid() and _pid_alive(pid):
-            raise FileExistsError(f"cannot {action} {self.path}: process {pid} is still running")
+        if (
+            status.get("state") == "running"
+            and pid != os.getpid()
+            and process_alive(pid, status.get("pid_start"))
+        ):
+            raise FileExistsError(
+                f"cannot {action} {self.path}: it is in use by process {pid}, still running"
+            )
 
 
 def _full_config(
@@ -311,6 +411,7 @@ def _full_config(
     }
     full["class_counts"] = counts
     full["created"] = old_config.get("created", _now_iso())
+    full[FORMAT_KEY] = FORMAT_VERSION
     if resume:
         full["resumed"] = [*old_config.get("resumed", []), _now_iso()]
     return full

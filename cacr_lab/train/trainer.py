@@ -19,19 +19,20 @@ CLI, the notebooks and the dashboard read. What happens, in order:
    are written; ``last.pt`` after every epoch and ``epoch_NNNN.pt`` every ``checkpoint_every``.
 4. At the end a fast linear probe gives the final accuracy and per-class accuracy.
 
-A non-finite loss stops the run with an error naming the step and the last finite values; the
-last good checkpoint stays. SIGTERM / Ctrl-C stop the run cleanly (state "stopped").
+A non-finite loss or gradient stops the run before the step, with an error naming the step and
+the last finite values; no checkpoint is written from non-finite weights. SIGTERM / Ctrl-C stop
+the run cleanly: a checkpoint at the current step, state "stopped"; resuming it gives what an
+uninterrupted run gives. A resume re-does an evaluation that a kill cut off.
 
 This module tells the story (:class:`Trainer`, :func:`train`); the pieces it uses live beside it:
 :mod:`cacr_lab.train.steps` (device, learning rate, seeded draws, embedding the views),
-:mod:`cacr_lab.train.distributed` (torchrun, DDP) and :mod:`cacr_lab.train.checkpoint`.
+:mod:`cacr_lab.train.distributed` (torchrun, DDP), :mod:`cacr_lab.train.checkpoint`,
+:mod:`cacr_lab.train.guards` (finite checks, stop requests) and :mod:`cacr_lab.train.resume`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +62,8 @@ from cacr_lab.evaluate import (
 from cacr_lab.losses import LOSSES, LossOutput
 from cacr_lab.models import build_encoder, default_encoder
 from cacr_lab.runs import RunWriter
-from cacr_lab.train.checkpoint import (
-    checkpoint_state,
-    finished_with,
-    load_checkpoint_config,
-    load_last_checkpoint,
-    write_checkpoint,
-)
+from cacr_lab.train import guards
+from cacr_lab.train.checkpoint import checkpoint_state, finished_with, write_checkpoint
 from cacr_lab.train.distributed import (
     DistInfo,
     MultiViewEncoder,
@@ -77,11 +73,8 @@ from cacr_lab.train.distributed import (
     wrap_ddp,
 )
 from cacr_lab.train.moco import MocoBranch, MultiCrop
+from cacr_lab.train.resume import check_resume, evaluation_due, has_eval_at, nothing_left
 from cacr_lab.train.steps import _seeded, embed_views, lr_at_epoch
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the step and the last finite values."""
 
 
 class _StopRequested(Exception):
@@ -119,6 +112,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick kernels
         self.dist = DistInfo.from_env()
         self.device = self.dist.device(config.device)
+        guards.check_device_memory(config, self.device)  # V x B against the GPU's memory
         if config.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} (the global batch) must be divisible by the "
@@ -127,12 +121,19 @@ class Trainer:
         self.local_batch = config.batch_size // self.dist.world_size
         self._load_data(splits)
         self._build_model()
+        self.step, self.epoch, self.resumed = 0, 0, resume
+        if resume:  # every check, and the weights, before the run folder is touched
+            self._load_checkpoint(check_resume(self.run_dir, config, self.device))
         self._open_run_dir(overwrite=overwrite, resume=resume)
-        self.step, self.epoch = 0, 0
         if resume:
-            self._load_checkpoint()
-        self._stop = False
-        self.last_finite: dict[str, float] = {}
+            try:
+                self.writer.truncate_after(self.step)
+            except BaseException as exc:
+                self._set_status("failed", last=True, error=guards.error_line(exc))
+                self.writer.close()
+                raise
+        self.guard = guards.FiniteGuard(check_every_step=self.device.type == "cpu")
+        self._stop = guards.StopFlag()  # run() shares the flag of stop_requests()
         # What the loop keeps for its logs (set by run): the progress bar (rank 0, progress=True),
         # the throughput clock, the values of the last step whose loss was checked.
         self._bar: Any = None
@@ -298,6 +299,8 @@ class Trainer:
         out = self.loss_of(views)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        params = (p for group in self.optimizer.param_groups for p in group["params"])  # + predictor
+        self.guard.before_step(out, params, step=self.step + 1, epoch=self.epoch)
         self.optimizer.step()
         if self.moco is not None:  # the key encoder of the next step
             self.moco.update(self.model, self.step + 1)
@@ -392,10 +395,12 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """``last.pt`` and, every ``checkpoint_every`` epochs and at the last, ``epoch_NNNN.pt``
-        (rank 0 only)."""
+        """``last.pt`` at the current step and, after every ``checkpoint_every``-th complete
+        epoch and the last, ``epoch_NNNN.pt`` (rank 0 only); never from non-finite weights."""
         if self.dist.rank != 0:
             return
+        self.guard.sync(step=self.step, epoch=self.epoch)
+        self.guard.check_weights(self.model, step=self.step)
         state = checkpoint_state(
             model=self.model,
             optimizer=self.optimizer,
@@ -405,75 +410,71 @@ class Trainer:
             run_config=self.run_config,
             moco=self.moco.state_dict() if self.moco else None,
         )
+        complete = self.step > 0 and self.step % self.steps_per_epoch == 0
         keep = self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs
-        write_checkpoint(self.run_dir, state, keep_epoch=keep)
+        write_checkpoint(self.run_dir, state, keep_epoch=complete and keep)
 
-    def _load_checkpoint(self) -> None:
-        state = load_last_checkpoint(self.run_dir, self.device)
-        if state is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.run_dir}")
+    def _load_checkpoint(self, state: dict[str, Any]) -> None:
+        """The checkpoint's weights, optimiser state and position (``state``: checked by
+        :func:`check_resume`); metrics after it are dropped once the writer is open."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         if self.moco is not None:
             self.moco.load_state_dict(state.get("moco"))
-        self.writer.truncate_after(self.step)
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _request_stop(self, *_: Any) -> None:
-        self._stop = True
-
-    def _check_finite(self, out: LossOutput) -> dict[str, float]:
-        values = {"loss": float(out.loss.detach())} | {k: float(v) for k, v in out.parts().items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            last = ", ".join(f"{k}={v:.4g}" for k, v in self.last_finite.items()) or "none yet"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step} (epoch {self.epoch}): "
-                f"{', '.join(f'{k}={v}' for k, v in values.items())}; last finite values: {last}. "
-                "Try a lower learning rate or temperature."
-            )
-        self.last_finite = values | {"step": self.step}
-        return values
-
-    def _set_status(self, state: str, **extra: Any) -> None:
-        self.writer.set_status(
-            state, step=self.step, epoch=self.epoch, total_steps=self.total_steps, **extra
-        )
+    def _set_status(self, state: str, *, last: bool = False, **extra: Any) -> None:
+        """``last``: the run's last status, written even on a full disk (never an OSError)."""
+        write = self.writer.end if last else self.writer.set_status
+        write(state, step=self.step, epoch=self.epoch, total_steps=self.total_steps, **extra)
 
     def run(self) -> Path:
         """Train to ``total_steps``; returns the run directory.
 
-        The status follows the run: "running", then "finished"; "stopped" on SIGTERM or Ctrl-C
-        (the last epoch's checkpoint stays); "failed", with the error, on an exception, which
-        is raised again.
+        The status follows the run: "running", then "finished"; "stopped" on SIGTERM or Ctrl-C,
+        with a checkpoint at the current step (a second Ctrl-C interrupts at once, keeping the
+        last checkpoint); "failed", with the error, on an exception, which is raised again.
         """
-        old_handler = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
+        with guards.stop_requests() as self._stop:
+            try:
+                self._start_run()
+                while self.step < self.total_steps:
+                    self._run_epoch()
+                self._end_run()
+                return self.run_dir
+            except _StopRequested:
+                return self._stopped()
+            except KeyboardInterrupt:
+                error = "interrupted mid-step: the last checkpoint stays"
+                self._set_status("stopped", last=True, error=error)
+                return self.run_dir
+            except Exception as exc:
+                self._set_status("failed", last=True, error=guards.error_line(exc))
+                raise
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
+                self.writer.close()
+
+    def _stopped(self) -> Path:
+        """A stop request between steps: checkpoint the current step, status "stopped"."""
         try:
-            self._start_run()
-            while self.step < self.total_steps:
-                self._run_epoch()
-            self._end_run()
-            return self.run_dir
-        except (_StopRequested, KeyboardInterrupt):
-            self._set_status("stopped")
-            return self.run_dir
+            self.save_checkpoint()
         except Exception as exc:
-            self._set_status("failed", error=str(exc))
+            error = f"stop: no checkpoint written: {guards.error_line(exc)}"
+            self._set_status("failed", last=True, error=error)
             raise
-        finally:
-            if self._bar is not None:
-                self._bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
-            self.writer.close()
+        self._set_status("stopped", last=True)
+        return self.run_dir
 
     def _start_run(self) -> None:
         """Status "running", the evaluation at step 0, the progress bar, the throughput clock."""
         cfg = self.config
         self._set_status("running")
-        if self.step == 0:
-            self.maybe_evaluate()  # the picture at init: weights start near uniform
+        if self._evaluation_due() and not (self.resumed and has_eval_at(self.run_dir, self.step)):
+            self.maybe_evaluate()  # at init (weights start near uniform), or one a kill cut off
         if self.progress and self.dist.rank == 0:
             from tqdm.auto import tqdm
 
@@ -494,7 +495,7 @@ class Trainer:
         # On the device once per epoch: indexing it then needs no host-GPU copy per step.
         order = self.epoch_order(self.epoch).to(self.device)
         for _ in range(self.step % self.steps_per_epoch, self.steps_per_epoch):
-            if self._stop:
+            if self._stop.requested:
                 raise _StopRequested
             self._take_step(order)
             if self.step >= self.total_steps:
@@ -511,7 +512,8 @@ class Trainer:
         self._seen += cfg.batch_size
         # On CPU a .item() per step is free; on a GPU only log steps sync the host.
         if self.device.type == "cpu" or self.step % cfg.log_every == 0:
-            self._values = self._check_finite(out)
+            self.guard.sync(step=self.step, epoch=self.epoch)
+            self._values = self.guard.checked_values(out, step=self.step, epoch=self.epoch)
         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             self._log_train(self._values)
         if self._bar is not None:
@@ -539,28 +541,27 @@ class Trainer:
     def _end_epoch(self) -> None:
         """After a completed epoch: ``last.pt`` (and maybe ``epoch_NNNN.pt``), an evaluation
         every ``eval_every`` epochs unless this was the last step (the final one follows)."""
-        cfg = self.config
         self.epoch += 1
         self.save_checkpoint()
-        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.step < self.total_steps:
+        if self._evaluation_due():
             self.maybe_evaluate()
+
+    def _evaluation_due(self) -> bool:
+        n, every = self.steps_per_epoch, self.config.eval_every
+        return evaluation_due(self.step, self.epoch, n, self.total_steps, every)
 
     def _end_run(self) -> None:
         """The final evaluation (with the linear probe), a checkpoint if stopped mid-epoch by
-        ``max_steps``, status "finished"."""
-        final = self.maybe_evaluate(final=True)
+        ``max_steps``, status "finished". A resume after a kill between the final evaluation
+        and "finished" does not evaluate again."""
+        done = self.resumed and has_eval_at(self.run_dir, self.step, final=True)
+        final = None if done else self.maybe_evaluate(final=True)
         if self.step % self.steps_per_epoch:  # stopped mid-epoch by max_steps
             self.save_checkpoint()
         self._set_status("finished")
-        if self._bar is not None:
+        if self._bar is not None and final is not None:
             self._bar.close()
             print(f"kNN {final['knn_acc']:.3f}  probe {final['probe_acc']:.3f}  -> {self.run_dir}")
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def train(
@@ -574,9 +575,11 @@ def train(
 ) -> Path:
     """Pre-train an encoder as ``config`` says and write the run directory; returns its path.
 
-    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint (the config stored
-    there wins over ``config``'s values except ``epochs`` and ``max_steps``, so a finished run
-    can be extended). ``reuse=True`` returns ``run_dir`` untouched when it already holds a
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint; ``config`` must be
+    its stored config, but for a larger ``epochs`` or ``max_steps`` (an extension) and where it
+    runs (:func:`cacr_lab.train.resume.resume_config` builds it; anything else is refused before
+    the folder is touched). A finished run that ``config`` does not extend is returned untouched.
+    ``reuse=True`` returns ``run_dir`` untouched when it already holds a
     finished run of exactly ``config`` (:func:`finished_with`), so notebooks and
     ``cacr-lab compare`` can be re-run cheaply; otherwise it trains (an existing run is then
     replaced only with ``overwrite=True``).
@@ -590,10 +593,6 @@ def train(
     """
     if reuse and not resume and finished_with(run_dir, config):
         return Path(run_dir)
-    if resume:
-        stored = load_checkpoint_config(run_dir)
-        if stored is not None:
-            config = TrainConfig.from_dict(
-                stored | {"epochs": config.epochs, "max_steps": config.max_steps}
-            )
+    if resume and nothing_left(run_dir, config) is not None:
+        return Path(run_dir)
     return Trainer(config, run_dir, overwrite=overwrite, resume=resume, progress=progress).run()
