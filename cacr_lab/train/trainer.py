@@ -299,7 +299,8 @@ class Trainer:
         out = self.loss_of(views)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        params = (p for group in self.optimizer.param_groups for p in group["params"])  # + predictor
+        # every parameter the step moves: the encoder's, and moco's predictor's
+        params = (p for group in self.optimizer.param_groups for p in group["params"])
         self.guard.before_step(out, params, step=self.step + 1, epoch=self.epoch)
         self.optimizer.step()
         if self.moco is not None:  # the key encoder of the next step
