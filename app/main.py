@@ -46,7 +46,8 @@ def main() -> None:
     st.title("cacr_lab · live lab")
     st.caption(
         "Contrastive Attraction and Contrastive Repulsion (Zheng et al., TMLR 2023): start a run, "
-        "watch the conditional weights pi_pos and pi_neg sharpen, compare CACR with the baselines."
+        "watch the conditional weight pi_neg sharpen as classes form (pi_pos stays near uniform: "
+        "the views of one image sit at nearly one distance), compare CACR with the baselines."
     )
     sidebar(root)
     found, _, states = overview(root)

@@ -154,7 +154,7 @@ def new_run_form() -> tuple[dict, str]:
         profiles,
         index=profiles.index(default("imbalance") or "none"),
         key="imbalance",
-        help="pre-training set only (REFERENCE.md §7)",
+        help="pre-training set only (docs/method.md §9)",
     )
     seed = st.number_input("Seed", value=default("seed"), step=1, key="seed")
     devices = device_choices()

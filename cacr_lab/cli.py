@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         default="fast",
         choices=["fast", "paper"],
-        help="fast: logistic regression on frozen features; paper: REFERENCE.md's",
+        help="fast: logistic regression on frozen features; paper: the authors' linear "
+        "evaluation (docs/method.md §8)",
     )
     e.add_argument(
         "--probe-epochs", type=int, default=PROBE_EPOCHS, help="epochs of the paper protocol"
