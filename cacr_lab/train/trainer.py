@@ -511,11 +511,13 @@ class Trainer:
         out = self.train_step(self.batch_views(self.step, order))
         self.step += 1
         self._seen += cfg.batch_size
-        # On CPU a .item() per step is free; on a GPU only log steps sync the host.
-        if self.device.type == "cpu" or self.step % cfg.log_every == 0:
+        log_now = self.step % cfg.log_every == 0 or self.step == self.total_steps
+        # On CPU a .item() per step is free; on a GPU only the steps that log sync the host (the
+        # last step too: its record must carry its own values, not those of the last log step).
+        if self.device.type == "cpu" or log_now:
             self.guard.sync(step=self.step, epoch=self.epoch)
             self._values = self.guard.checked_values(out, step=self.step, epoch=self.epoch)
-        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+        if log_now:
             self._log_train(self._values)
         if self._bar is not None:
             self._bar.update(1)
