@@ -301,7 +301,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + int(stop.signal)
+    if args.no_progress and status.get("state") == "finished":
+        # The progress bar's closing line, for scripts and logs that turned the bar off.
+        print(_summary(run_dir))
     return 0
+
+
+def _summary(run_dir: Path) -> str:
+    """One line: the run's final kNN and probe accuracy, and where it is."""
+    from cacr_lab.runs import load_run
+
+    final = load_run(run_dir).eval_records()[-1]
+    probe = final.get("probe_acc")
+    shown = "n/a" if probe is None else f"{probe:.3f}"
+    return f"kNN {final['knn_acc']:.3f}  probe {shown}  -> {run_dir}"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -315,6 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"{r['run']}: kNN {r['knn_acc']:.4f}  linear probe ({r['protocol']}) {r['probe_acc']:.4f}"
     )
+    print("per-class accuracy of the linear probe (evaluation split):")
     for name, a in zip(r["classes"], r["per_class_acc"]):
         print(f"  {name:>12}: {a:.4f}")
     return 0

@@ -63,12 +63,15 @@ def test_module_entry_point_trains_a_run(tmp_path):
 
 def test_train_then_eval_prints_and_stores_accuracies(tmp_path, capsys):
     run_dir = str(tmp_path / "r")
-    code, _, err = run_cli(capsys, "train", *TINY, "--tau-neg", "2.0", "--run-dir", run_dir)
+    code, out, err = run_cli(capsys, "train", *TINY, "--tau-neg", "2.0", "--run-dir", run_dir)
     assert code == 0, err
+    # --no-progress drops the bar, not the result: one summary line on stdout.
+    assert re.fullmatch(rf"kNN \d\.\d{{3}}  probe \d\.\d{{3}}  -> {re.escape(run_dir)}\n", out)
     assert load_run(run_dir).config["loss_options"]["tau_neg"] == 2.0
     code, out, err = run_cli(capsys, "eval", run_dir)
     assert code == 0, err
     assert "kNN" in out and "linear probe (fast)" in out and "9:" in out  # per-class lines
+    assert "per-class accuracy of the linear probe (evaluation split):" in out
     stored = read_evaluation(run_dir)["fast"]
     assert 0 <= stored["knn_acc"] <= 1 and len(stored["per_class_acc"]) == 10
 
