@@ -113,6 +113,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -283,6 +284,15 @@ def io_error(err: OSError, path: str | os.PathLike) -> OSError:
 
 # The pid check lives here, not in process.py: the reader (stale runs) and the writer (refusing to
 # replace a live run) need it too, and process.py builds on the reader.
+def _command_output(args: list[str], cwd: Path | None = None) -> str | None:
+    """A short command's stdout (5 s at most), or None when it cannot run or fails."""
+    try:
+        out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def _pid_alive(pid: Any) -> bool:
     """True if a process with this pid exists on this machine and is not a zombie."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

@@ -15,7 +15,6 @@ keep two processes, or a process and a user's files, from harming each other:
 import contextlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from cacr_lab.runs.format import (
     FORMAT_KEY,
     LOCK_FILE,
     RUN_ENTRIES,
+    _command_output,
     _loads,
     _pid_alive,
 )
@@ -128,18 +128,9 @@ def process_token(pid: Any) -> str | None:
             return None
         fields = stat.rsplit(")", 1)[-1].split()
         return f"{_boot_id()}:{fields[19]}" if len(fields) > 19 else None  # field 22: starttime
-    try:  # macOS, BSD
-        out = subprocess.run(
-            ["ps", "-o", "lstart=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    started = " ".join(out.stdout.split())
-    return f"ps:{started}" if out.returncode == 0 and started else None
+    out = _command_output(["ps", "-o", "lstart=", "-p", str(pid)])  # macOS, BSD
+    started = " ".join((out or "").split())
+    return f"ps:{started}" if started else None
 
 
 def process_alive(pid: Any, token: Any) -> bool:

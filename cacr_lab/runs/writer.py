@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from cacr_lab.runs.format import (
     SNAPSHOT_DIR,
     STATES,
     STATUS_FILE,
+    _command_output,
     _dumps,
     _jsonable,
     _now_iso,
@@ -431,19 +431,9 @@ def _to_numpy(x: Any, dtype: Any) -> np.ndarray:
 
 def _git_commit() -> str | None:
     """HEAD of the checkout cacr_lab is imported from, or None (no git, not a repo, no commit)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+    out = _command_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent)
+    commit = (out or "").strip()
+    return commit if re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
 
 
 # --------------------------------------------------------------------------------------------
