@@ -64,9 +64,16 @@ def page_umap_refresh(h, driver, run_dir: Path, index: int = 1, timeout: float =
         return None
     written = time.time()  # polled every 50 ms, so within 0.05 s of the write
     step = int(snap.stem.split("_")[1])
-    title = f"{h.UMAP_TITLE} · {run_dir.name} · step {step} "
+    # The page wraps the title onto lines (textContent joins them without spaces) and puts
+    # "step N (epoch E)" on a line of its own: compare with the spaces taken out.
+    wanted = ("".join(h.UMAP_TITLE.split()), run_dir.name, f"step{step}(")
+
+    def shown(t: str) -> bool:
+        flat = "".join(t.split())
+        return flat.startswith(wanted[0]) and all(w in flat for w in wanted[1:])
+
     h.wait_until(
-        lambda: any(t.startswith(title) for t in h.chart_titles(driver)),
+        lambda: any(shown(t) for t in h.chart_titles(driver)),
         timeout,
         f"the UMAP of step {step}",
         poll=0.05,
