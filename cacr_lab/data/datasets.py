@@ -385,9 +385,9 @@ def _load_folder(
         if any(p.is_dir() for p in tree.iterdir()):
             other = "test" if part == "train" else "train"
             raise ValueError(
-                f"{name}: {path} holds {part}/ class folders but no {other}/; a split tree needs "
-                f"both {path}/train/<class>/<img> and {path}/test/<class>/<img> (a val/ tree can "
-                f"be renamed or linked to test/); a flat tree is {path}/<class>/<img>"
+                f"{name}: {path} holds {part}/ class folders but no {other}/: a split tree needs "
+                f"both {path}/train/<class>/<img> and {path}/test/<class>/<img> (rename or link "
+                f"a val/ tree to test/); to hold out part of {part}/ instead, use folder:{tree}"
             )
     classes, files, labels = _class_files(name, path, min_images=2)
     data = ImageData(_decode_all(files, image_size, path.name, progress), labels, classes, name)
