@@ -93,9 +93,11 @@ def dataset_input() -> str:
         return choice
     roots = ", ".join(f"`{r}`" for r in image_folder_roots(REPO_DATA))
     path = st.text_input(
-        "Image folder (PATH/<class>/<image>)",
+        "Image folder (PATH/<class>/<image>, or PATH/train/ + PATH/test/)",
         key="folder_path",
-        help=f"under {roots} (more: $CACR_LAB_DATA_DIRS)",
+        help=f"under {roots} (more: $CACR_LAB_DATA_DIRS). `PATH/train/<class>/<image>` and "
+        "`PATH/test/<class>/<image>`: trains on train/, evaluates on test/; a flat "
+        "`PATH/<class>/<image>`: evaluates on a held-out 10 % of it (stratified, the run's seed).",
     )
     return f"folder:{path}"
 

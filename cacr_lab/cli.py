@@ -116,7 +116,9 @@ def _add_train_flags(p: argparse.ArgumentParser, *, single_run: bool) -> None:
         "--dataset",
         default=default("dataset"),
         help="digits (offline) | cifar10 | cifar100 | stl10 | folder:PATH | toy; "
-        f"default {default('dataset')}",
+        f"default {default('dataset')}. folder:PATH is PATH/train/<class>/<img> + "
+        "PATH/test/<class>/<img> (evaluates on test/) or PATH/<class>/<img> (evaluates on a "
+        "held-out 10%% of it, stratified by the run's seed)",
     )
     if single_run:
         p.add_argument("--method", default=default("method"), help=f"one of {', '.join(LOSSES)}")
@@ -328,6 +330,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"{r['run']}: kNN {r['knn_acc']:.4f}  linear probe ({r['protocol']}) {r['probe_acc']:.4f}"
     )
+    print(f"evaluated on: {r['eval_split']}")
     print("per-class accuracy of the linear probe (evaluation split):")
     for name, a in zip(r["classes"], r["per_class_acc"]):
         print(f"  {name:>12}: {a:.4f}")

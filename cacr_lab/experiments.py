@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cacr_lab.config import TrainConfig, default
-from cacr_lab.runs import load_run, write_evaluation
+from cacr_lab.runs import eval_split_of, load_run, write_evaluation
 
 PROBE_EPOCHS = 100  # epochs of the paper's linear evaluation protocol
 
@@ -62,6 +62,7 @@ def evaluate_run(
         "method": cfg["method"],
         "seed": cfg["seed"],
         "protocol": protocol,
+        "eval_split": sp.eval_split,  # what the accuracies below were measured on
         "knn_acc": float(acc),
         "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
     }
@@ -175,6 +176,7 @@ def _row(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
         "knn_acc": final["knn_acc"],
         "probe_acc": final.get("probe_acc"),
         "per_class_acc": json.dumps(final.get("per_class_acc")),
+        "eval_split": eval_split_of(final),
         "run_dir": str(run_dir),
     }
 
@@ -218,6 +220,8 @@ def _report(rows: list[dict[str, Any]], config: TrainConfig, seeds: int) -> str:
         f"# compare: {config.dataset}, imbalance {config.imbalance or 'none'}, "
         f"{config.epochs} epochs, batch {config.batch_size}, K = {config.positives}, "
         f"{seeds} seed(s)",
+        "",
+        "Evaluated on: " + "; ".join(dict.fromkeys(r["eval_split"] for r in rows)) + ".",
         "",
         "| method | linear probe (%) | kNN (%) |",
         "|---|---|---|",

@@ -72,6 +72,7 @@ def test_train_then_eval_prints_and_stores_accuracies(tmp_path, capsys):
     assert code == 0, err
     assert "kNN" in out and "linear probe (fast)" in out and "9:" in out  # per-class lines
     assert "per-class accuracy of the linear probe (evaluation split):" in out
+    assert "evaluated on: held-out 25 % of digits (stratified, fixed seed 0)\n" in out
     stored = read_evaluation(run_dir)["fast"]
     assert 0 <= stored["knn_acc"] <= 1 and len(stored["per_class_acc"]) == 10
 
@@ -166,6 +167,8 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     report = (out_dir / "report.md").read_text()
     assert "| cacr |" in report and "| infonce |" in report and "±" in report
     assert "Per-class" in report
+    assert "Evaluated on: held-out 25 % of digits (stratified, fixed seed 0)." in report
+    assert {r["eval_split"] for r in rows} == {"held-out 25 % of digits (stratified, fixed seed 0)"}
     for name in ("eval_curves", "loss_curves", "weight_stats", "per_class"):
         assert (out_dir / f"{name}.html").stat().st_size > 1000
     # Identical data for every method: the same class counts.

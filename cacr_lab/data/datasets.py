@@ -10,7 +10,10 @@ GPU. Names (`DATASETS`):
 - ``cifar10``, ``cifar100``, ``stl10``: torchvision datasets (``download=True`` needs network).
   STL-10 pre-trains on ``train+unlabeled`` (5,000 + 100,000 images, as the authors' code does);
   its unlabeled images carry the label `UNLABELED` (-1).
-- ``folder:PATH``: any ImageFolder-style tree ``PATH/<class>/<image>``.
+- ``folder:PATH``: an ImageFolder-style tree, in one of two layouts: split,
+  ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>`` (trains on ``train/``,
+  evaluates on ``test/``; the two class lists must be equal), or flat, ``PATH/<class>/<image>``
+  (a seeded stratified ``val_fraction`` of it is held out for evaluation).
 - ``toy``: clusters on a low-dimensional unit sphere (``images`` are ``(N, D)`` unit vectors).
 
 The bottom of the data package: it imports nothing from `views`, `augment` or `imbalance`.
@@ -46,6 +49,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # The label of an image without a class (torchvision's convention for STL-10's unlabeled split).
 # Only a pre-training set (`DataSplits.pretrain`) holds such images; train and test never do.
 UNLABELED = -1
+
+# `DataSplits.eval_split` of a dataset with an official test split (torchvision's).
+OFFICIAL_TEST = "official test split"
+# ... and of a `folder:` tree with train/ and test/ class trees.
+TEST_TREE = "test/ tree"
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,6 +109,9 @@ class DataSplits:
         pretrain: the pre-training set where it is not ``train``, else None. STL-10: its
             ``train+unlabeled`` split, the 5,000 labelled train images first, then the 100,000
             unlabeled ones (label `UNLABELED`), as the authors' code pre-trains.
+        eval_split: what ``test`` is, in words, for eval records and reports: ``"official test
+            split"`` (torchvision datasets), ``"test/ tree"`` (a split ``folder:``),
+            ``"held-out 10 % of the folder (stratified, seed 0)"`` (a flat ``folder:``), ...
     """
 
     train: ImageData
@@ -110,6 +121,7 @@ class DataSplits:
     image_size: int
     in_channels: int
     pretrain: ImageData | None = None
+    eval_split: str = "test split given by the caller"
 
     @property
     def pretraining_set(self) -> ImageData:
@@ -138,10 +150,11 @@ def load_dataset(
         name: one of ``digits``, ``cifar10``, ``cifar100``, ``stl10``, ``folder:PATH``, ``toy``.
         root: where torchvision datasets live (``download=True`` writes there).
         download: let torchvision download missing files (needs network access).
-        seed: seeds the validation split of ``folder:`` and the points of ``toy``. The digits
-            split is fixed (``random_state=0``) so every run evaluates on the same images.
-        val_fraction: fraction held out as ``test`` where there is no official test split
-            (``folder:``, ``toy``); in (0, 1).
+        seed: seeds the held-out split of a flat ``folder:`` tree and the points of ``toy``.
+            The digits split is fixed (``random_state=0``) so every run evaluates on the same
+            images; a ``folder:`` with ``train/`` and ``test/`` trees uses neither.
+        val_fraction: fraction held out as ``test`` where there is no test split (a flat
+            ``folder:`` tree, ``toy``); in (0, 1).
         image_size: side length to store images at (default: digits 16, CIFAR and folders 32,
             STL-10 keeps 96 px images and reports 64, the crop size); the dimension D for ``toy``
             (default 3).
@@ -214,10 +227,24 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _splits(
-    train: ImageData, test: ImageData, image_size: int, pretrain: ImageData | None = None
+    train: ImageData,
+    test: ImageData,
+    image_size: int,
+    eval_split: str,
+    pretrain: ImageData | None = None,
 ) -> DataSplits:
     mean, std = _channel_stats((train if pretrain is None else pretrain).images)
-    return DataSplits(train, test, mean, std, image_size, int(train.images.shape[1]), pretrain)
+    channels = int(train.images.shape[1])
+    return DataSplits(train, test, mean, std, image_size, channels, pretrain, eval_split)
+
+
+def _held_out(fraction: float, of: str, seed: str) -> str:
+    """The `DataSplits.eval_split` of a seeded stratified split.
+
+    >>> _held_out(0.1, "the folder", "seed 3")
+    'held-out 10 % of the folder (stratified, seed 3)'
+    """
+    return f"held-out {100 * fraction:g} % of {of} (stratified, {seed})"
 
 
 def _load_digits(image_size: int) -> DataSplits:
@@ -239,6 +266,7 @@ def _load_digits(image_size: int) -> DataSplits:
         data.subset(torch.from_numpy(np.sort(train_idx))),
         data.subset(torch.from_numpy(np.sort(test_idx))),
         image_size,
+        _held_out(0.25, "digits", "fixed seed 0"),
     )
 
 
@@ -279,13 +307,13 @@ def _load_torchvision(name: str, root: Path, download: bool, image_size: int | N
         )
         del unlabeled
         # Stored at 96 px; the views are 64 px crops (docs/method.md §7.2).
-        return _splits(train, test, image_size or 64, pretrain)
+        return _splits(train, test, image_size or 64, OFFICIAL_TEST, pretrain)
     size = image_size or 32
     train.images, test.images = (
         _resize_uint8(train.images, size),
         _resize_uint8(test.images, size),
     )
-    return _splits(train, test, size)
+    return _splits(train, test, size, OFFICIAL_TEST)
 
 
 def _indices_by_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
@@ -347,52 +375,107 @@ def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
 def _load_folder(
     name: str, path: Path, image_size: int, seed: int, val_fraction: float, progress: bool
 ) -> DataSplits:
-    from tqdm.auto import tqdm
-
+    """A split tree (``PATH/train/`` and ``PATH/test/`` class trees) or a flat class tree."""
     if not path.is_dir():
         raise ValueError(f"{name}: image folder {path} does not exist or is not a directory")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    trees = {part: path / part for part in ("train", "test") if (path / part).is_dir()}
+    if len(trees) == 2:
+        return _load_split_folder(name, trees["train"], trees["test"], image_size, progress)
+    for part, tree in trees.items():  # one of the two, holding class folders: a half split tree
+        if any(p.is_dir() for p in tree.iterdir()):
+            other = "test" if part == "train" else "train"
+            raise ValueError(
+                f"{name}: {path} holds {part}/ class folders but no {other}/: a split tree needs "
+                f"both {path}/train/<class>/<img> and {path}/test/<class>/<img> (rename or link "
+                f"a val/ tree to test/); to hold out part of {part}/ instead, use folder:{tree}"
+            )
+    classes, files, labels = _class_files(name, path, min_images=2)
+    data = ImageData(_decode_all(files, image_size, path.name, progress), labels, classes, name)
+    train_idx, test_idx = stratified_split(data.labels, val_fraction, seed)
+    held_out = _held_out(val_fraction, "the folder", f"seed {seed}")
+    return _splits(data.subset(train_idx), data.subset(test_idx), image_size, held_out)
+
+
+def _load_split_folder(
+    name: str, train_dir: Path, test_dir: Path, image_size: int, progress: bool
+) -> DataSplits:
+    """Trains on ``train_dir``'s class tree, evaluates on ``test_dir``'s (same class names)."""
+    train_classes, train_files, train_labels = _class_files(name, train_dir, min_images=1)
+    test_classes, test_files, test_labels = _class_files(name, test_dir, min_images=1)
+    if train_classes != test_classes:
+        only = [
+            f"in {a.name}/ but not in {b.name}/: {', '.join(sorted(set(ca) - set(cb)))}"
+            for a, ca, b, cb in (
+                (train_dir, train_classes, test_dir, test_classes),
+                (test_dir, test_classes, train_dir, train_classes),
+            )
+            if set(ca) - set(cb)
+        ]
+        raise ValueError(
+            f"{name}: the class folders of train/ and test/ must match; classes " + "; ".join(only)
+        )
+    desc = f"{train_dir.parent.name}/"
+    train = ImageData(
+        _decode_all(train_files, image_size, desc + "train", progress),
+        train_labels,
+        train_classes,
+        name,
+    )
+    test = ImageData(
+        _decode_all(test_files, image_size, desc + "test", progress),
+        test_labels,
+        test_classes,
+        name,
+    )
+    return _splits(train, test, image_size, TEST_TREE)
+
+
+def _class_files(
+    name: str, root: Path, min_images: int
+) -> tuple[list[str], list[Path], torch.Tensor]:
+    """The class names (sorted subfolders of ``root``), the image files (sorted by class, then
+    path) and their ``(N,) int64`` labels; ValueError if a class holds under ``min_images``."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{name}: {path} has no class subfolders (expected {path}/<class>/<img>)")
+        raise ValueError(f"{name}: {root} has no class subfolders (expected {root}/<class>/<img>)")
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         found = sorted(
             p
-            for p in (path / cls).rglob("*")
+            for p in (root / cls).rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not found:
             raise ValueError(
-                f"{name}: class folder {path / cls} holds no images "
+                f"{name}: class folder {root / cls} holds no images "
                 f"(suffixes {', '.join(IMAGE_EXTENSIONS)})"
             )
-        if len(found) < 2:  # checked before decoding anything: a test split needs one per class
+        if len(found) < min_images:  # checked before decoding anything
             raise ValueError(
-                f"{name}: class folder {path / cls} holds only 1 image; the train/test split "
-                "needs at least 2 images per class"
+                f"{name}: class folder {root / cls} holds only {len(found)} image; the held-out "
+                f"split of a flat tree needs at least {min_images} images per class (or give "
+                f"{root}/train/ and {root}/test/ class trees)"
             )
         files += found
         labels += [label] * len(found)
+    return classes, files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode_all(files: list[Path], image_size: int, desc: str, progress: bool) -> torch.Tensor:
+    """``(N, 3, image_size, image_size) uint8``: every file decoded and fitted to a square."""
+    from tqdm.auto import tqdm
 
     # A plain loop: decoding 32x32 JPEGs is ~50 us each, and threads only add GIL contention.
     images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
-        for i, file in enumerate(
-            tqdm(
-                files,
-                desc=f"decoding {path.name}",
-                disable=not progress,
-                mininterval=0.5,
-                unit="img",
-            )
-        ):
+        bar = tqdm(
+            files, desc=f"decoding {desc}", disable=not progress, mininterval=0.5, unit="img"
+        )
+        for i, file in enumerate(bar):
             images[i] = _fit_square(_decode_image(file), image_size)
-
-    data = ImageData(images, torch.tensor(labels, dtype=torch.int64), classes, name)
-    train_idx, test_idx = stratified_split(data.labels, val_fraction, seed)
-    return _splits(data.subset(train_idx), data.subset(test_idx), image_size)
+    return images
 
 
 def toy_sphere(
@@ -432,4 +515,12 @@ def toy_sphere(
 def _load_toy(dim: int, seed: int, val_fraction: float) -> DataSplits:
     data = toy_sphere(n_per_class=250, dim=dim, seed=seed)
     train_idx, test_idx = stratified_split(data.labels, val_fraction, seed)
-    return DataSplits(data.subset(train_idx), data.subset(test_idx), (0.0,), (1.0,), dim, 0)
+    return DataSplits(
+        data.subset(train_idx),
+        data.subset(test_idx),
+        (0.0,),
+        (1.0,),
+        dim,
+        0,
+        eval_split=_held_out(val_fraction, "the points", f"seed {seed}"),
+    )

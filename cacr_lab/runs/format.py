@@ -45,6 +45,10 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
       ``per_class_acc`` (list[float], index = class), and weight statistics prefixed ``pos_`` and
       ``neg_``: ``*_ess_frac`` (effective sample size / set size), ``*_entropy_norm`` (entropy /
       log set size), ``*_max_weight``, ``*_wd_corr`` (correlation of weight and d²).
+      Optional (absent in records written before it existed; read it with
+      :func:`eval_split_of`): ``eval_split`` (str), the evaluation split the accuracies were
+      measured on, in words (``"official test split"``, ``"test/ tree"``, ``"held-out 10 % of
+      the folder (stratified, seed 0)"``).
 
     A reader skips an unterminated last line (the writer may be in the middle of it) and skips a
     corrupt complete line with a warning.
@@ -73,7 +77,8 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
 ``evaluation.json``
     Written by :func:`write_evaluation`, replaced atomically: a JSON object keyed by protocol
     (``"fast"``, ``"paper"``), each value the result of that evaluation (``knn_acc``,
-    ``probe_acc``, ``per_class_acc``, ...), so evaluations under both protocols live side by side.
+    ``probe_acc``, ``per_class_acc``, ``eval_split`` (optional, as in an eval record), ...), so
+    evaluations under both protocols live side by side.
 
 ``checkpoints/``
     Owned by the trainer; this module only names the paths (:func:`checkpoint_dir`,

@@ -221,6 +221,17 @@ class Snapshot:
     path: Path | None = None
 
 
+def eval_split_of(record: Mapping[str, Any]) -> str:
+    """The evaluation split an eval record (or a stored evaluation) names, in words; records
+    written before the field existed (no ``eval_split``) say so.
+
+    >>> eval_split_of({"eval_split": "test/ tree"}), eval_split_of({"knn_acc": 0.5})
+    ('test/ tree', 'not recorded (run older than the field)')
+    """
+    split = record.get("eval_split")
+    return split if isinstance(split, str) and split else "not recorded (run older than the field)"
+
+
 def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
     """Snapshot files of a run, sorted by step (temp files of a write in progress are ignored)."""
     folder = Path(run_dir) / SNAPSHOT_DIR

@@ -351,6 +351,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "knn_acc": float(acc),
+            "eval_split": sp.eval_split,  # what the accuracies were measured on, in words
         }
         if preds is not None:
             record["knn_per_class_acc"] = per_class_accuracy(
