@@ -128,7 +128,7 @@ def _pair_index(V: int, device: torch.device) -> Tensor:
 
 
 def _pair_negative_sums(sums: Tensor) -> Tensor:
-    """"pairs": (V, V, B) block log-sums -> [q, p, i] the log-sum over both blocks of query i
+    """ "pairs": (V, V, B) block log-sums -> [q, p, i] the log-sum over both blocks of query i
     of view q in the pair (q, p): its own view's block (q, q) and the partner's (q, p)."""
     own = sums.diagonal(dim1=0, dim2=1).T  # (V, B): S[q, q, i]
     return torch.logaddexp(own.unsqueeze(1), sums)
