@@ -203,7 +203,7 @@ def info_nce_loss(
     alike (loss = attraction + repulsion). The implicit weights over the negatives,
     softmax_j(s_j / T) = softmax_j(-d2_j / (2T)), are returned as ``neg_weights`` with
     ``neg_d2``, to set beside CACR's pi_neg: (P, 2B, 2B-2) for "pairs"; (V(V-1), B, B-1) for
-    "cmc", ordered pairs v-major (computed when first read).
+    "cmc", ordered pairs v-major (both computed when first read: a training step never does).
 
     Args:
         views: (V, B, D), or V tensors (B, D); L2-normalised along D.
