@@ -41,6 +41,10 @@ SCRIPTS = {
         "2",
         "--memory-batch",
         "64",
+        "--baseline-sizes",
+        "32",
+        "--threads",
+        "1",
     ],
     "gpu_no_tv": ["-c", WITHOUT_TORCHVISION, str(BENCH / "bench_gpu.py"), *GPU_SMOKE],
 }
@@ -100,6 +104,17 @@ def test_bench_train_smoke_prints_both_methods_and_the_ratio(bench_runs):
         re.M,
     ), out
     assert re.search(r"^# cross-checks: fastest rounds [\d.]+; process CPU time", out, re.M), out
+    # The time split of a CIFAR-size step, the Trainer's own functions, and its verdict.
+    assert re.search(r"^# step split: small-cnn on \d+ random 32 px uint8 images", out, re.M), out
+    assert re.search(r"target: all but the encoder <= 25% of a step$", out, re.M), out
+    head = re.search(r"^method\s+B\s+views ms\s+encoder fwd ms.*non-enc\s+target$", out, re.M)
+    assert head, out
+    row = re.search(r"^cacr\s+32((?:\s+[\d.]+){9})\s+([\d.]+)%\s+(met|MISSED)$", out, re.M)
+    assert row, out
+    parts = [float(v) for v in row.group(1).split()]  # the 7 parts, their sum, _take_step
+    assert parts[7] == pytest.approx(sum(parts[:7]), abs=0.5)
+    encoder = parts[1] + parts[4]
+    assert float(row.group(2)) == pytest.approx(100 * (1 - encoder / sum(parts[:7])), abs=0.2)
 
 
 @pytest.mark.slow
@@ -126,6 +141,19 @@ def test_bench_loss_small_sizes_print_the_table_and_memory(bench_runs):
     assert re.search(r"^\s+B\s+cacr_loss ms\s+loop ms", out, re.M)
     assert re.search(r"^\s+32\s+[\d.]+\s+[\d.]+", out, re.M), out
     assert "# peak memory, forward+backward" in out and "cacr_loss B=64:" in out
+    # The baselines against their plain one-matrix forms: every loss, V = 2 and V = 5, verdicts.
+    assert re.search(
+        r"targets: V=2 library/plain <= 1\.2, V=5 multi-view / \(plain V=2 form once", out
+    )
+    check = re.search(
+        r"^# value check: max \|library - plain\| = ([\d.e+-]+) \(float64\)$", out, re.M
+    )
+    assert check and float(check.group(1)) < 1e-10, out
+    for loss in ("info_nce pairs", "info_nce cmc", "hard_negative", "debiased", "align_uniform"):
+        times = r"(?:[\d.]+\s+){3}"
+        row = rf"^\s+1\s+32 {re.escape(loss)}\s+{times}(met|MISSED)\s+{times}(met|MISSED)$"
+        assert re.search(row, out, re.M), (loss, out)
+    assert re.search(r"^# baselines: \d+ of 10 targets met$", out, re.M), out
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ The package, bottom to top (each module imports only those above it in this list
   (``pair_indices``) and the precision helpers every loss shares.
 - ``_cacr_kernel``: CACR's fused autograd Functions (``_CACR``, ``_Attraction``) with
   closed-form backwards, and the CPU scratch buffers they lease.
+- ``_infonce_kernel``: ``block_log_sums``, the InfoNCE family's per-query log-sum-exps over the
+  view-pair blocks of one Gram matrix, fused, with a closed-form backward (``_BlockLogSums``).
 - ``cacr``: :func:`cacr_loss`, its fused default path and its generic (plain autograd) path.
 - ``infonce``: :func:`info_nce_loss`, :func:`hard_negative_loss`, :func:`debiased_loss`, each in
   two multi-view forms (``MULTIVIEW_FORMS``: per view pair, averaged; CMC's full graph, summed).

@@ -123,11 +123,12 @@ def align_uniform_loss(
         align = d2_pos.mean() if align_alpha == 2.0 else d2_pos.pow(align_alpha / 2).mean()
         # Uniformity of all V views from one batched Gram matmul: the metric ``uniformity``
         # per view (tests/test_losses.py checks that they agree), without its per-set loop.
-        g = torch.bmm(z, z.transpose(1, 2))  # (V, B, B) within-view Gram
-        iu = torch.triu_indices(B, B, offset=1, device=z.device)
-        d2 = 2.0 - 2.0 * g[:, iu[0], iu[1]]  # (V, B(B-1)/2)
-        unif = torch.logsumexp(-unif_t * d2, dim=-1) - math.log(d2.shape[-1])  # log mean exp
-        unif = unif.mean()
+        # -t d2 = 2t G - 2t; the pairs i < j and j > i hold the same numbers, so the mean over
+        # i < j is the mean over all i != j: the diagonal masked, no gather of a triangle.
+        g = torch.baddbmm(z.new_zeros(()), z, z.transpose(1, 2), beta=0.0, alpha=2.0 * unif_t)
+        g.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # (V, B, B): 2t G, j != i
+        lse = torch.logsumexp(g.view(V, B * B), dim=-1)  # (V,)
+        unif = (lse - 2.0 * unif_t - math.log(B * (B - 1))).mean()  # log mean exp(-t d2)
     return LossOutput(
         loss=align + unif_weight * unif, alignment=align, uniformity=unif_weight * unif
     )

@@ -1,6 +1,6 @@
 """What every loss shares: the output type, argument checks and the geometry of view pairs.
 
-- :class:`LossOutput`, the one return type (its CACR diagnostics may be computed on first read:
+- :class:`LossOutput`, the one return type (its diagnostics may be computed on first read:
   ``_Deferred`` / ``_first_read``), and ``PART_NAMES``, the scalar parts the trainer logs.
 - Argument checks: ``_check_views`` (shape, dtype, unit norm), ``check_choice`` (public: the
   config validates its own choices with it), ``_check_positive``, ``_check_nonnegative``,
@@ -61,7 +61,8 @@ class LossOutput:
       j != i of view w (``symmetric=True``: (V, B, V(B-1)), all other images in all views). For
       InfoNCE-style losses the implicit softmax weights over negatives, (P, 2B, 2B-2); with
       ``multiview="cmc"`` (V(V-1), B, B-1), the ordered pairs v != w, v-major.
-      CACR's default path computes them when they are first read (a training step never does).
+      CACR's default path and the InfoNCE family compute them when they are first read (a
+      training step never does).
     """
 
     loss: Tensor

@@ -12,20 +12,26 @@ With V > 2 views each loss takes one of two forms (``multiview``, `MULTIVIEW_FOR
   *summed* over the V(V-1) ordered pairs. For V = 2 it is the two-direction cross-view loss,
   summed: not SimCLR's NT-Xent (no same-view negatives; twice the scale of an average).
 
-Their ``temperature`` *divides* the cosine similarity. Shared logits helpers first
-(``_pair_logits``, ``_pair_similarities``, ``_negatives`` for "pairs"; ``_all_pair_logits``,
-``_reduce``, ``_cmc_negatives`` for "cmc"), then ``info_nce_loss``, then ``_debiased_hard``, the
-core of ``hard_negative_loss`` and ``debiased_loss``.
+Their ``temperature`` *divides* the cosine similarity. Every loss is computed from per-query
+log-sum-exps over the blocks of one Gram matrix of all V*B embeddings
+(:func:`cacr_lab.losses._infonce_kernel.block_log_sums`, a fused kernel with a closed-form
+backward) and the positives' logits (``_positives``), reduced by ``_reduce``. The implicit
+negative weights, diagnostics a training step never reads, are computed when first read, from
+the logits helpers (``_pair_logits``, ``_pair_similarities``, ``_negatives`` for "pairs";
+``_all_pair_logits``, ``_cmc_negatives`` for "cmc"). Then ``info_nce_loss``, then
+``_debiased_hard``, the core of ``hard_negative_loss`` and ``debiased_loss``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from ._infonce_kernel import block_log_sums
 from .base import (
     LossOutput,
     _check_nonnegative,
@@ -37,6 +43,7 @@ from .base import (
     _off_diagonal,
     _pair_views,
     check_choice,
+    pair_indices,
 )
 
 # The multi-view forms of the InfoNCE family (the ``multiview`` option): see the module docstring.
@@ -91,13 +98,47 @@ def _all_pair_logits(z: Tensor, temperature: float) -> Tensor:
 
 
 def _reduce(per_query: Tensor, multiview: str) -> Tensor:
-    """The loss's reduction of per-query terms: "pairs" (P, 2B) -> mean over queries and pairs;
-    "cmc" (V, V, B) -> mean over the B queries, summed over the ordered pairs v != w."""
-    if multiview == "pairs":
-        return per_query.mean()
+    """The loss's reduction of per-query terms (V, V, B), [q, w, i] = query i of view q paired
+    with view w (entries q == w are ignored): "pairs" -> the mean over the V(V-1)B queries of
+    all view pairs (each pair v < w has 2B: B of view v, B of view w); "cmc" -> the mean over
+    the B queries, summed over the V(V-1) ordered pairs q != w."""
     V = per_query.shape[0]
     off = 1.0 - torch.eye(V, dtype=per_query.dtype, device=per_query.device)  # (V, V)
-    return (per_query.mean(-1) * off).sum()
+    total = (per_query.mean(-1) * off).sum()
+    return total / (V * (V - 1)) if multiview == "pairs" else total
+
+
+def _positives(z: Tensor, temperature: float) -> Tensor:
+    """(V, V, B) positive logits s(z_qi, z_wi) / T, [q, w, i]: every view against every other
+    view of the same image, from the P pairs' dot products (the diagonal q == w holds a
+    placeholder, pair 0's)."""
+    V, B, _ = z.shape
+    zv, zw = _pair_views(z)
+    pos = torch.linalg.vecdot(zv, zw) / temperature  # (P, B)
+    return pos.index_select(0, _pair_index(V, z.device)).view(V, V, B)
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_index(V: int, device: torch.device) -> Tensor:
+    """(V * V,) long: the pair (combinations order) of views (q, w), q != w; 0 where q == w."""
+    vi, wi = pair_indices(V)
+    table = torch.zeros(V, V, dtype=torch.long)
+    table[vi, wi] = table[wi, vi] = torch.arange(len(vi))
+    return table.flatten().to(device)
+
+
+def _pair_negative_sums(sums: Tensor) -> Tensor:
+    """ "pairs": (V, V, B) block log-sums -> [q, p, i] the log-sum over both blocks of query i
+    of view q in the pair (q, p): its own view's block (q, q) and the partner's (q, p)."""
+    own = sums.diagonal(dim1=0, dim2=1).T  # (V, B): S[q, q, i]
+    return torch.logaddexp(own.unsqueeze(1), sums)
+
+
+def _pairs_softmax_weights(z: Tensor, temperature: float, scale: float) -> tuple[Tensor, Tensor]:
+    """Diagnostics of the "pairs" form: the weights softmax_j(scale * s_j / T) over every
+    query's 2B - 2 negatives and their d2, each (P, 2B, 2B-2)."""
+    _, neg, neg_d2, _ = _pair_logits(z, temperature)
+    return torch.softmax(scale * neg, dim=-1), neg_d2
 
 
 def _cmc_negatives(neg: Tensor) -> Tensor:
@@ -115,11 +156,18 @@ def _lazy_pair(
     return (lambda: both()[0]), (lambda: both()[1])
 
 
-def _cmc_softmax_weights(neg: Tensor, temperature: float, scale: float) -> tuple[Tensor, Tensor]:
-    """Diagnostics of the "cmc" form from its detached (V, V, B, B-1) negative logits: the
-    weights softmax_j(scale * s_j / T) and d2, each (V(V-1), B, B-1)."""
-    neg = _cmc_negatives(neg)
+def _cmc_softmax_weights(z: Tensor, temperature: float, scale: float) -> tuple[Tensor, Tensor]:
+    """Diagnostics of the "cmc" form: the weights softmax_j(scale * s_j / T) over every
+    query's B - 1 cross-view negatives and their d2, each (V(V-1), B, B-1)."""
+    neg = _cmc_negatives(_off_diagonal(_all_pair_logits(z, temperature)))
     return torch.softmax(scale * neg, dim=-1), 2.0 - 2.0 * temperature * neg
+
+
+def _lazy_weights(z: Tensor, temperature: float, scale: float, multiview: str):
+    """``neg_weights`` and ``neg_d2`` of either form, computed on first read from the
+    embeddings (detached), as ``LossOutput`` allows."""
+    fn = _pairs_softmax_weights if multiview == "pairs" else _cmc_softmax_weights
+    return _lazy_pair(fn, z.detach(), temperature, scale)
 
 
 def info_nce_loss(
@@ -155,7 +203,7 @@ def info_nce_loss(
     alike (loss = attraction + repulsion). The implicit weights over the negatives,
     softmax_j(s_j / T) = softmax_j(-d2_j / (2T)), are returned as ``neg_weights`` with
     ``neg_d2``, to set beside CACR's pi_neg: (P, 2B, 2B-2) for "pairs"; (V(V-1), B, B-1) for
-    "cmc", ordered pairs v-major (computed when first read).
+    "cmc", ordered pairs v-major (both computed when first read: a training step never does).
 
     Args:
         views: (V, B, D), or V tensors (B, D); L2-normalised along D.
@@ -171,44 +219,15 @@ def info_nce_loss(
     _check_positive(temperature=temperature)
     check_choice("multiview", multiview, MULTIVIEW_FORMS)
     z = _check_views(views, check_inputs)
-    if multiview == "cmc":
-        with _no_autocast(z.device):
-            return _info_nce_cmc(z, temperature)
-    V, B, _ = z.shape
     with _no_autocast(z.device):
-        sim, zv, zw = _pair_similarities(z)
-        logits = sim.div_(temperature)  # (P, 2B, 2B)
-        # The log-sum-exp runs over every j != q (the positive and the 2B - 2 negatives): mask
-        # the query itself instead of gathering the negatives (a gather's backward is slow).
-        logits.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
-        s_pos = (zv * zw).sum(-1) / temperature  # (P, B): s+/T, the same both ways
-        pos = torch.cat([s_pos, s_pos], dim=-1)  # (P, 2B)
-        attraction = -pos.mean()
-        repulsion = torch.logsumexp(logits, dim=-1).mean()
-        with torch.no_grad():  # the implicit weights, for figures only
-            neg, _ = _negatives(logits.detach(), B)
-            neg_w = torch.softmax(neg, dim=-1)
-            neg_d2 = 2.0 - 2.0 * temperature * neg
-    return LossOutput(
-        loss=attraction + repulsion,
-        attraction=attraction,
-        repulsion=repulsion,
-        neg_weights=neg_w.detach(),
-        neg_d2=neg_d2.detach(),
-    )
-
-
-def _info_nce_cmc(z: Tensor, temperature: float) -> LossOutput:
-    """``info_nce_loss(multiview="cmc")`` on checked views z: (V, B, D), in one (V, V, B, B)
-    block: each row's log-sum-exp over the B samples of view w includes its positive, so no
-    negative needs gathering; the v == w blocks are masked out of the sum."""
-    logits = _all_pair_logits(z, temperature)  # (V, V, B, B)
-    pos = logits.diagonal(dim1=-2, dim2=-1)  # (V, V, B): s(z_vi, z_wi) / T
-    attraction = -_reduce(pos, "cmc")
-    repulsion = _reduce(torch.logsumexp(logits, dim=-1), "cmc")
-    neg_w, neg_d2 = _lazy_pair(
-        _cmc_softmax_weights, _off_diagonal(logits.detach()), temperature, 1.0
-    )
+        pos = _positives(z, temperature)  # (V, V, B)
+        # The log-sum-exp of each query runs over every j != q: its own view's block with
+        # itself masked ("pairs" only), and the partner view's block, its positive included.
+        (sums,) = block_log_sums(z, 1.0 / temperature, (1.0,), multiview, mask_all=False)
+        lse = _pair_negative_sums(sums) if multiview == "pairs" else sums
+        attraction = -_reduce(pos, multiview)
+        repulsion = _reduce(lse, multiview)
+    neg_w, neg_d2 = _lazy_weights(z, temperature, 1.0, multiview)
     return LossOutput(
         loss=attraction + repulsion,
         attraction=attraction,
@@ -230,19 +249,23 @@ def _debiased_hard(
                     N * exp(-1/T) )
         loss = reduce over queries of  -log( pos / (pos + Ng) )
 
-    reduced as ``_reduce`` says for ``multiview``. Every exponential is taken relative to the
-    row's largest logit so small T cannot overflow.
+    reduced as ``_reduce`` says for ``multiview``. The sums over negatives come from
+    ``block_log_sums`` (which shifts each row by its maximum where exp could overflow); the rest
+    is taken in log space, relative to the larger of the two terms, so small T cannot overflow.
     """
-    if multiview == "pairs":
-        pos, neg, neg_d2, n_neg = _pair_logits(z, temperature)  # (P, 2B), (P, 2B, 2B-2) x 2
-    else:
-        logits = _all_pair_logits(z, temperature)  # (V, V, B, B), v == w masked by _reduce
-        pos = logits.diagonal(dim1=-2, dim2=-1)  # (V, V, B)
-        neg, n_neg = _off_diagonal(logits), z.shape[1] - 1  # (V, V, B, B-1): cross-view only
-    imp_logits = beta * neg  # log imp_j
-    # N * sum_j q_j neg_j, in log space: log N + logsumexp(log q_j + neg_j).
-    log_reweighted = math.log(n_neg) + torch.logsumexp(torch.log_softmax(imp_logits, -1) + neg, -1)
-    m = torch.maximum(pos, log_reweighted).detach()  # (P, 2B) shift
+    B = z.shape[1]
+    pos = _positives(z, temperature)  # (V, V, B)
+    n_neg = 2 * B - 2 if multiview == "pairs" else B - 1
+    # Per query, log sum_j e^{c s_j / T} over its negatives (every block's diagonal masked: the
+    # query and its positive are no negatives) for c = beta and 1 + beta (DCL: c = 1 alone).
+    scales = (beta, 1.0 + beta) if beta > 0 else (1.0,)
+    sums = block_log_sums(z, 1.0 / temperature, scales, multiview, mask_all=True)
+    if multiview == "pairs":  # both views' negatives of the pair
+        sums = [_pair_negative_sums(s) for s in sums]
+    # N * sum_j q_j neg_j with q_j = imp_j / sum imp, in log space: log N + lse((1+beta) s / T)
+    # - lse(beta s / T); for beta = 0, lse(s / T).
+    log_reweighted = sums[0] if beta == 0 else math.log(n_neg) + sums[1] - sums[0]
+    m = torch.maximum(pos, log_reweighted).detach()  # (V, V, B) shift
     numerator = (torch.exp(log_reweighted - m) - tau_plus * n_neg * torch.exp(pos - m)) / (
         1 - tau_plus
     )
@@ -253,11 +276,7 @@ def _debiased_hard(
     attraction = -_reduce(pos, multiview)
     repulsion = _reduce(lse, multiview)
     # Effective weight of negative j in Ng: imp_j * neg_j / sum = softmax((1 + beta) s_j / T).
-    if multiview == "pairs":
-        neg_w = torch.softmax((1.0 + beta) * neg, dim=-1).detach()
-        neg_d2 = neg_d2.detach()
-    else:
-        neg_w, neg_d2 = _lazy_pair(_cmc_softmax_weights, neg.detach(), temperature, 1.0 + beta)
+    neg_w, neg_d2 = _lazy_weights(z, temperature, 1.0 + beta, multiview)
     return LossOutput(
         loss=attraction + repulsion,
         attraction=attraction,
