@@ -316,9 +316,12 @@ def wait_for_charts(driver, titles: list[str], timeout: float = 120.0) -> None:
     """Until a visible chart title starts with each of ``titles`` and the page stopped
     running (no "Running..." status widget)."""
 
+    def flat(text: str) -> str:  # a title wrapped onto lines reads without its line breaks
+        return "".join(text.replace("\u200b", " ").split())
+
     def ready() -> bool:
-        shown = [f["title"] for f in page_figures(driver)]
-        if not all(any(t.startswith(w) for t in shown) for w in titles):
+        shown = [flat(f["title"]) for f in page_figures(driver)]
+        if not all(any(t.startswith(flat(w)) for t in shown) for w in titles):
             return False
         return not driver.execute_script(
             "return !!document.querySelector('[data-testid=stStatusWidget]')"
