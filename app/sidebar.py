@@ -136,8 +136,7 @@ def classroom_input() -> dict:
         key="classroom",
         help=f"a short digits run for a room: {CLASSROOM['epochs']} epochs, a snapshot every "
         f"{CLASSROOM['eval_every_steps']} steps, a {CLASSROOM['snapshot_size']}-image UMAP "
-        "sample; the first weights show within seconds, the run ends within 2 minutes "
-        "(cacr_lab.config.PRESETS)",
+        "sample, the trainer at the page's priority (cacr_lab.config.PRESETS)",
     )
     return dict(CLASSROOM) if on else {}
 

@@ -111,7 +111,7 @@ def default(name: str) -> Any:
 
 
 # Named sets of TrainConfig field overrides; the page's classroom mode reads them here.
-# "classroom": a digits run whose first weight histogram shows within seconds and that ends
+# "classroom": a short digits run meant to show its first weight histogram within 10 s and to end
 # within 2 minutes on a busy 2-core laptop (benchmarks/bench_app.py measures both): 10 epochs
 # of 10 steps, a snapshot every 5 steps, a 256-image UMAP sample, a train record per step.
 PRESETS: dict[str, dict[str, Any]] = {
