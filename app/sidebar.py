@@ -20,6 +20,7 @@ from cacr_lab.config import (
     LOSSES,
     MULTIVIEW_FORMS,
     OPTION_HELP,
+    PRESETS,
     WEIGHT_GRADS,
     WEIGHTINGS,
     TrainConfig,
@@ -33,8 +34,12 @@ from cacr_lab.config import (
 from state import dismiss, launched, overview  # the page's own module, next to this file
 
 # The trainer runs a little below the page's priority: on a 2-core laptop the page stays
-# responsive, and training still gets every idle cycle.
+# responsive, and training still gets every idle cycle. A classroom run starts at the page's
+# own priority: on a machine busy with other work, nice 5 left it a quarter of a core and missed
+# its 2-minute target (benchmarks/bench_app.py).
 TRAINER_NICE = 5
+CLASSROOM_NICE = 0
+CLASSROOM = PRESETS["classroom"]
 CHOICES = {
     "weighting": WEIGHTINGS,
     "weight_grad": WEIGHT_GRADS,
@@ -126,30 +131,61 @@ def device_choices() -> list[str]:
     return ["auto", "cpu", *(["cuda"] if n else []), *(f"cuda:{i}" for i in range(n * (n > 1)))]
 
 
-def new_run_form() -> tuple[dict, str]:
+def classroom_input() -> dict:
+    """The classroom-mode switch; returns the preset's TrainConfig overrides (empty when off)."""
+    on = st.toggle(
+        "Classroom mode",
+        key="classroom",
+        help=f"a short digits run for a room: {CLASSROOM['epochs']} epochs, a snapshot every "
+        f"{CLASSROOM['eval_every_steps']} steps, a {CLASSROOM['snapshot_size']}-image UMAP "
+        "sample, the trainer at the page's priority (cacr_lab.config.PRESETS)",
+    )
+    return dict(CLASSROOM) if on else {}
+
+
+def new_run_form(slots: dict | None = None) -> tuple[dict, str]:
     """Draw the new-run widgets; return (TrainConfig keyword arguments, run name as typed).
 
-    Every default is TrainConfig's (``cacr_lab.config.default``); the loss options start at
-    the paper's.
+    Every default is TrainConfig's (``cacr_lab.config.default``), or classroom mode's
+    (``cacr_lab.config.PRESETS``); the loss options start at the paper's. ``slots`` gets an
+    empty placeholder under each field, by TrainConfig field name, for that field's error.
     """
-    st.header("New run")
-    dataset = dataset_input()
+    slots = {} if slots is None else slots
+    preset = classroom_input()
+    # A preset's fields get keys of their own, so switching it on or off resets them.
+    tag = "_classroom" if preset else ""
+
+    def given(name: str) -> object:
+        return preset.get(name, default(name))
+
+    if preset:
+        dataset = preset["dataset"]
+        st.caption(f"Dataset: {DATASET_LABELS[dataset]}")
+    else:
+        dataset = dataset_input()
+    slots["dataset"] = slots["folder"] = st.empty()
     method = st.selectbox(
         "Method", list(LOSSES), key="method", help="cacr, or a baseline of the paper's tables"
     )
     defaults = paper_loss_options(method, dataset)
     with st.expander(f"{method} options (paper defaults)", expanded=True):
-        loss_options = {n: option_input(method, n, d) for n, d in defaults.items()}
+        loss_options = {}
+        for n, d in defaults.items():
+            loss_options[n] = option_input(method, n, d)
+            slots[n] = st.empty()
     positives = st.number_input(
         "Positives per image K (V = K + 1 views)",
         value=default("positives"),
         step=1,
         key="positives",
     )
+    slots["positives"] = st.empty()
     batch_size = st.number_input(
-        "Batch size", value=default("batch_size"), step=16, key="batch_size"
+        "Batch size", value=given("batch_size"), step=16, key=f"batch_size{tag}"
     )
-    epochs = st.number_input("Epochs", value=default("epochs"), step=1, key="epochs")
+    slots["batch_size"] = st.empty()
+    epochs = st.number_input("Epochs", value=given("epochs"), step=1, key=f"epochs{tag}")
+    slots["epochs"] = st.empty()
     profiles = [p or "none" for p in IMBALANCE_PROFILES]
     imbalance = st.selectbox(
         "Imbalance profile",
@@ -159,6 +195,7 @@ def new_run_form() -> tuple[dict, str]:
         help="pre-training set only (docs/method.md §9)",
     )
     seed = st.number_input("Seed", value=default("seed"), step=1, key="seed")
+    slots["seed"] = st.empty()
     devices = device_choices()
     device = st.selectbox("Device", devices, index=devices.index(default("device")), key="device")
     with st.expander("Logging"):
@@ -168,13 +205,30 @@ def new_run_form() -> tuple[dict, str]:
             step=1,
             key=f"log_every_{dataset}",
         )
+        slots["log_every"] = st.empty()
         eval_every = st.number_input(
             "Evaluate + snapshot every N epochs",
             value=default("eval_every"),
             step=1,
             key="eval_every",
         )
+        slots["eval_every"] = st.empty()
+        eval_every_steps = st.number_input(
+            "… or every N steps (0: by epochs)",
+            value=given("eval_every_steps"),
+            step=1,
+            key=f"eval_every_steps{tag}",
+        )
+        slots["eval_every_steps"] = st.empty()
+        snapshot_size = st.number_input(
+            "UMAP sample (held-out images per snapshot)",
+            value=given("snapshot_size"),
+            step=64,
+            key=f"snapshot_size{tag}",
+        )
+        slots["snapshot_size"] = st.empty()
     name = st.text_input("Run name (empty: method-dataset-time)", key="run_name")
+    slots["run_name"] = st.empty()
     kwargs = dict(
         dataset=dataset,
         method=method,
@@ -187,6 +241,8 @@ def new_run_form() -> tuple[dict, str]:
         device=device,
         log_every=int(log_every),
         eval_every=int(eval_every),
+        eval_every_steps=int(eval_every_steps),
+        snapshot_size=int(snapshot_size),
     )
     return kwargs, name
 
@@ -216,6 +272,20 @@ def validated(kwargs: dict, name: str, root: Path) -> tuple[TrainConfig, Path]:
     return config, path
 
 
+def field_named(message: str, slots: dict) -> str:
+    """The form field an error message is about: the field name it starts with (the library's
+    messages do: "batch_size must be ..."), the run name or the image folder; else "top"."""
+    first = message.split(maxsplit=1)[0].rstrip(":=,") if message.strip() else ""
+    first = first.split("=")[0]
+    if first in slots:
+        return first
+    if "run name" in message or message.startswith("a run named"):
+        return "run_name"
+    if "image folder" in message:
+        return "folder"
+    return "top"
+
+
 def train_command(config: TrainConfig, run_dir: Path) -> list[str]:
     """The CLI call that trains ``config`` into ``run_dir`` (flags of ``cacr-lab train``)."""
     argv = [sys.executable, "-m", "cacr_lab", "train", "--run-dir", str(run_dir), "--no-progress"]
@@ -230,6 +300,8 @@ def train_command(config: TrainConfig, run_dir: Path) -> list[str]:
         "device": config.device,
         "log-every": config.log_every,
         "eval-every": config.eval_every,
+        "eval-every-steps": config.eval_every_steps,
+        "snapshot-size": config.snapshot_size,
         "data-root": config.data_root,
     }
     flags |= {k.replace("_", "-"): v for k, v in config.loss_options.items() if v is not None}
@@ -238,32 +310,35 @@ def train_command(config: TrainConfig, run_dir: Path) -> list[str]:
     return argv
 
 
-def start(config: TrainConfig, path: Path) -> None:
+def start(config: TrainConfig, path: Path, nice: int = TRAINER_NICE) -> None:
     """Launch the trainer, watch its run, and redraw the page with the run-name field cleared.
 
     Handled in the script run the click causes (not in an on_click callback), so the options
     used are exactly those the browser sent with the click.
     """
-    proc = runs.start_process(path, train_command(config, path), nice=TRAINER_NICE)
+    proc = runs.start_process(path, train_command(config, path), nice=nice)
     launched()[str(path)] = proc
     st.session_state.update(watch=path.name, live=True, clear_name=True)
     st.rerun()
 
 
 def sidebar(root: Path) -> None:
-    """The new-run form, its validation message, and Start."""
+    """The new-run form, its validation message (under the field it names), and Start."""
     if st.session_state.clear_name:  # before the field exists in this run
         st.session_state.update(run_name="", clear_name=False)
     with st.sidebar:
-        kwargs, name = new_run_form()
+        st.header("New run")
+        slots = {"top": st.empty()}
+        kwargs, name = new_run_form(slots)
         try:
             config, path = validated(kwargs, name, root)
         except ValueError as err:
-            st.error(f"Cannot start: {err}")
+            slots[field_named(str(err), slots)].error(f"Cannot start: {err}")
             config = path = None
         disabled = config is None
         if st.button("Start", type="primary", disabled=disabled, key="start", width="stretch"):
-            start(config, path)
+            classroom = bool(st.session_state.get("classroom"))
+            start(config, path, CLASSROOM_NICE if classroom else TRAINER_NICE)
         st.caption(f"Runs folder: `{root.resolve()}`")
 
 

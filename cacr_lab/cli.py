@@ -100,6 +100,8 @@ _TRAIN_FLAGS: list[tuple[str, type | None, str]] = [
     ("--moco-multicrop", str, "method moco: light (local crops only as queries) | full"),
     ("--no-amp", None, "no bf16 autocast on CUDA"),
     ("--eval-every", int, "epochs between evaluations"),
+    ("--eval-every-steps", int, "steps between evaluations (0: --eval-every decides)"),
+    ("--snapshot-size", int, "held-out images each snapshot embeds (the UMAP sample)"),
     ("--checkpoint-every", int, "epochs between checkpoints"),
     ("--log-every", int, "steps between train records"),
     ("--max-steps", int, "stop after this many steps"),
@@ -252,6 +254,8 @@ def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
         download=args.download,
         log_every=args.log_every,
         eval_every=args.eval_every,
+        eval_every_steps=args.eval_every_steps,
+        snapshot_size=args.snapshot_size,
         checkpoint_every=args.checkpoint_every,
         max_steps=args.max_steps,
     )

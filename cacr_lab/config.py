@@ -43,6 +43,7 @@ __all__ = [
     "MULTICROP",
     "MULTIVIEW_FORMS",
     "OPTION_HELP",
+    "PRESETS",
     "RUNS_DIR",
     "RUNS_ENV",
     "SCHEDULES",
@@ -109,6 +110,21 @@ def default(name: str) -> Any:
     return f.default
 
 
+# Named sets of TrainConfig field overrides; the page's classroom mode reads them here.
+# "classroom": a short digits run meant to show its first weight histogram within 10 s and to end
+# within 2 minutes on a busy 2-core laptop (benchmarks/bench_app.py measures both): 10 epochs
+# of 10 steps, a snapshot every 5 steps, a 256-image UMAP sample, a train record per step.
+PRESETS: dict[str, dict[str, Any]] = {
+    "classroom": {
+        "dataset": "digits",
+        "epochs": 10,
+        "batch_size": 128,
+        "log_every": 1,
+        "eval_every_steps": 5,
+        "snapshot_size": 256,
+    },
+}
+
 IMBALANCE_PROFILES = (None, "linear", "exponential")
 MOMENTUM_SCHEDULES = ("constant", "cosine")  # moco_momentum_schedule
 LOCAL_CROP_ENCODERS = ("resnet18", "small-cnn")  # SmallAlexNet's fc6 fixes its input size
@@ -154,6 +170,7 @@ class TrainConfig:
     download: bool = False  # let torchvision download (needs network)
     log_every: int = 10  # steps between train records
     eval_every: int = 1  # epochs between evaluations + snapshots (0: only first and last)
+    eval_every_steps: int = 0  # steps between evaluations + snapshots; 0: eval_every decides
     checkpoint_every: int = 5  # epochs between kept epoch_NNNN.pt checkpoints
     snapshot_size: int = 512  # held-out images whose embeddings each snapshot stores
     snapshot_queries: int = 64  # queries whose weights each snapshot stores
@@ -198,6 +215,7 @@ class TrainConfig:
         _int_at_least("feat_dim", self.feat_dim, 1)
         _int_at_least("log_every", self.log_every, 1)
         _int_at_least("eval_every", self.eval_every, 0)
+        _int_at_least("eval_every_steps", self.eval_every_steps, 0)
         _int_at_least("checkpoint_every", self.checkpoint_every, 1)
         _int_at_least("snapshot_size", self.snapshot_size, 2)
         _int_at_least("snapshot_queries", self.snapshot_queries, 1)

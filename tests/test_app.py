@@ -223,6 +223,103 @@ def test_an_existing_run_name_is_refused(finished_run, monkeypatch):
     assert "a run named 'cacr-digits' already exists" in texts(at.sidebar.error)
 
 
+def sidebar_order(at: AppTest) -> list[tuple[str, str | None]]:
+    """(element type, key) of the sidebar's elements, top to bottom (expanders opened)."""
+
+    def walk(node) -> list:
+        out = []
+        for child in getattr(node, "children", {}).values():
+            out.append((child.type, getattr(child, "key", None)))
+            out += walk(child)
+        return out
+
+    return walk(at.sidebar)
+
+
+@pytest.mark.parametrize(
+    ("widget", "value", "field_key"),
+    [
+        ("batch_size", 1, "batch_size"),
+        ("epochs", 0, "epochs"),
+        ("tau_neg", -1.0, "opt_cacr_tau_neg_0.9"),
+        ("snapshot_size", 1, "snapshot_size"),
+        ("run_name", "a/b", "run_name"),
+    ],
+)
+def test_the_form_error_sits_right_under_the_field_it_names(
+    tmp_path, monkeypatch, widget, value, field_key
+):
+    """Issue 14 item 7: the message was drawn under the form, below the fold."""
+    at = app(tmp_path / "runs", monkeypatch).run()
+    if widget == "tau_neg":
+        next(n for n in at.sidebar.number_input if n.label == "tau_neg").set_value(value)
+    elif widget == "run_name":
+        at.text_input(key="run_name").set_value(value)
+    else:
+        at.number_input(key=widget).set_value(value)
+    at.run()
+    order = sidebar_order(at)
+    errors = [i for i, (kind, _) in enumerate(order) if kind == "error"]
+    assert len(errors) == 1, order
+    assert order[errors[0] - 1][1] == field_key, order  # the element just above the message
+    assert texts(at.sidebar.error).count("\n") == 0  # one line, naming the value
+    assert repr(value) in texts(at.sidebar.error)
+
+
+def test_an_error_no_field_owns_shows_at_the_top_of_the_form(tmp_path, monkeypatch):
+    """The image folder's message sits under the dataset choice; any other above the form."""
+    at = app(tmp_path / "runs", monkeypatch).run()
+    import sidebar  # the page's module, imported by the script's first run
+
+    assert sidebar.field_named("unknown dataset 'x'; choose one of ...", {"top": 0}) == "top"
+    assert sidebar.field_named("image folder '/' is outside ...", {"folder": 0}) == "folder"
+    assert sidebar.field_named("positives=9 and batch_size=4096 need", {"positives": 0}) == (
+        "positives"
+    )
+    at.run()
+    assert sidebar_order(at)[:2] == [("header", None), ("empty", None)]  # the top slot
+
+
+def test_classroom_mode_fills_the_form_from_the_preset_and_starts_at_nice_0(tmp_path, monkeypatch):
+    """One switch: the preset's values (cacr_lab.config.PRESETS) in the form, its flags in the
+    trainer's command, the trainer at the page's own priority; off again: the defaults."""
+    from cacr_lab import runs
+    from cacr_lab.config import PRESETS, default
+
+    started = []
+
+    class Done:
+        pid = 1
+
+        def poll(self):
+            return 0
+
+    def fake_start(path, argv, nice):
+        started.append((argv, nice))
+        return Done()
+
+    monkeypatch.setattr(runs, "start_process", fake_start)
+    preset = PRESETS["classroom"]
+    at = app(tmp_path / "runs", monkeypatch).run()
+    at.toggle(key="classroom").set_value(True).run()
+    assert not at.exception
+    for name in ("epochs", "batch_size", "eval_every_steps", "snapshot_size"):
+        assert at.number_input(key=f"{name}_classroom").value == preset[name], name
+    assert not [s for s in at.sidebar.selectbox if s.key == "dataset"]  # digits, fixed
+    at.text_input(key="run_name").set_value("lesson").run()
+    at.button(key="start").click().run()
+    assert not at.exception
+    argv, nice = started[0]
+    flags = dict(zip(argv[::2], argv[1::2])) | dict(zip(argv[1::2], argv[2::2]))
+    assert nice == 0
+    assert flags["--dataset"] == "digits" and flags["--epochs"] == str(preset["epochs"])
+    assert flags["--eval-every-steps"] == str(preset["eval_every_steps"])
+    assert flags["--snapshot-size"] == str(preset["snapshot_size"])
+    at.toggle(key="classroom").set_value(False).run()
+    assert at.number_input(key="epochs").value == default("epochs")
+    assert at.number_input(key="eval_every_steps").value == 0
+
+
 def test_a_damaged_run_warns_and_the_rest_of_the_page_works(finished_run, tmp_path, monkeypatch):
     root = tmp_path / "runs"
     shutil.copytree(finished_run, root / "good")

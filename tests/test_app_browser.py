@@ -1,8 +1,11 @@
 """End to end in a real browser: `streamlit run app/main.py` on a free loopback port, headless
-Chromium presses Start on digits, the weight histograms and the UMAP appear, Stop stops the run.
+Chromium presses Start on digits, the weight histograms and the UMAP appear, Stop stops the run;
+and per tab (Live run on a CACR run and on an InfoNCE run, Compare runs) a screenshot and a check
+of the page's charts: no two titles overlap, every panel shows data or a message in itself.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); skips with the
-reason where they are missing. The helpers here are also what ``benchmarks/bench_app.py`` uses.
+reason where they are missing. The helpers here are also what ``benchmarks/bench_app.py`` and
+``docs/screenshots/make.py`` use.
 """
 
 from __future__ import annotations
@@ -213,6 +216,135 @@ def body_text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+# --------------------------------------------------------------------------------------------
+# The page's pictures: overlapping titles, panels with neither data nor a message
+# --------------------------------------------------------------------------------------------
+
+# Every visible plotly chart of the page (a hidden tab's charts have no size): its titles
+# (figure title, subplot titles and notes (annotations), axis and legend titles) with their
+# boxes, and per subplot (its plot area: the drag rectangle) whether marks are drawn in it and
+# which annotation texts lie inside it.
+_FIGURES_JS = r"""
+const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+const box = e => { const r = e.getBoundingClientRect();
+  return {x0: r.left, y0: r.top, x1: r.right, y1: r.bottom}; };
+const inside = (b, a) => { const cx = (b.x0 + b.x1) / 2, cy = (b.y0 + b.y1) / 2;
+  return cx >= a.x0 && cx <= a.x1 && cy >= a.y0 && cy <= a.y1; };
+const drawn = g => Array.from(g.querySelectorAll('path, image, text')).some(e => {
+  if (!visible(e)) return false;
+  if (e.tagName === 'path') { const d = e.getAttribute('d') || '';
+    return d.length > 4 && d !== 'M0,0Z'; }
+  return e.tagName !== 'text' || e.textContent.trim() !== ''; });
+return Array.from(document.querySelectorAll('.js-plotly-plot')).filter(visible).map((p, i) => {
+  const title = (p.querySelector('.gtitle') || {}).textContent || '';
+  const titles = Array.from(p.querySelectorAll(
+      '.gtitle, .annotation-text, .xtitle, .ytitle, .legendtitletext'))
+    .filter(e => visible(e) && e.textContent.trim() !== '')
+    .map(e => ({text: e.textContent.trim(), cls: e.getAttribute('class'), box: box(e)}));
+  const notes = Array.from(p.querySelectorAll('.annotation')).filter(visible)
+    .map(e => ({text: e.textContent.trim(), box: box(e)})).filter(n => n.text !== '');
+  const panels = Array.from(p.querySelectorAll('.draglayer > g')).map(g => {
+    const drag = g.querySelector('.nsewdrag');
+    if (!drag || !visible(drag)) return null;
+    const id = Array.from(g.classList).find(c => c !== 'draglayer');
+    const layer = p.querySelector('.cartesianlayer .subplot.' + id + ' .overplot');
+    const area = box(drag);
+    return {id: id, data: !!layer && drawn(layer),
+            messages: notes.filter(n => inside(n.box, area)).map(n => n.text)};
+  }).filter(x => x);
+  return {index: i, title: title, titles: titles, panels: panels, box: box(p)};
+});
+"""
+
+
+def page_figures(driver) -> list[dict]:
+    """The visible plotly charts: title, titles with boxes, panels with data / messages."""
+    return driver.execute_script(_FIGURES_JS)
+
+
+def overlapping_titles(figure: dict, tolerance: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of one chart's titles whose boxes intersect (by more than ``tolerance`` px)."""
+    out, titles = [], figure["titles"]
+    for i, a in enumerate(titles):
+        for b in titles[i + 1 :]:
+            ab, bb = a["box"], b["box"]
+            w = min(ab["x1"], bb["x1"]) - max(ab["x0"], bb["x0"])
+            h = min(ab["y1"], bb["y1"]) - max(ab["y0"], bb["y0"])
+            if w > tolerance and h > tolerance:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def picture_problems(driver) -> list[str]:
+    """What is wrong with the page's visible charts: titles that overlap, a panel that shows
+    neither data nor a message; one line each (empty: nothing)."""
+    problems = []
+    for fig in page_figures(driver):
+        name = fig["title"] or f"chart {fig['index']}"
+        for a, b in overlapping_titles(fig):
+            problems.append(f"{name}: titles overlap: {a!r} / {b!r}")
+        if not fig["panels"] and not any(t["cls"] == "annotation-text" for t in fig["titles"]):
+            problems.append(f"{name}: no panel and no message")
+        for panel in fig["panels"]:
+            if not panel["data"] and not panel["messages"]:
+                problems.append(f"{name}: panel {panel['id']} has neither data nor a message")
+    return problems
+
+
+def select_option(driver, key: str, option: str) -> None:
+    """Choose ``option`` in the page's selectbox / multiselect with Streamlit key ``key``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f".st-key-{key} input")
+    box.click()
+    box.send_keys(option)
+    time.sleep(0.3)
+    box.send_keys(Keys.ENTER)
+    time.sleep(0.3)
+    box.send_keys(Keys.ESCAPE)
+
+
+def open_tab(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    tabs = driver.find_elements(By.CSS_SELECTOR, "[role=tab]")
+    next(t for t in tabs if label in t.text).click()
+
+
+def wait_for_charts(driver, titles: list[str], timeout: float = 120.0) -> None:
+    """Until a visible chart title starts with each of ``titles`` and the page stopped
+    running (no "Running..." status widget)."""
+
+    def flat(text: str) -> str:  # a title wrapped onto lines reads without its line breaks
+        return "".join(text.replace("\u200b", " ").split())
+
+    def ready() -> bool:
+        shown = [flat(f["title"]) for f in page_figures(driver)]
+        if not all(any(t.startswith(flat(w)) for t in shown) for w in titles):
+            return False
+        return not driver.execute_script(
+            "return !!document.querySelector('[data-testid=stStatusWidget]')"
+        )
+
+    wait_until(ready, timeout, f"charts {titles}")
+    time.sleep(1.0)  # plotly's last relayout
+
+
+def screenshot(driver, path: Path, top: bool = True) -> Path:
+    """Save the window as a PNG at ``path`` (scrolled to the top of the page and sidebar)."""
+    if top:
+        driver.execute_script(
+            "for (const s of ['[data-testid=stSidebarContent]', '[data-testid=stMain]',"
+            " 'section.main']) { const e = document.querySelector(s); if (e) e.scrollTop = 0; }"
+            "window.scrollTo(0, 0);"
+        )
+        time.sleep(0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
 def test_start_in_a_browser_shows_weights_and_umap_then_stop(tmp_path):
@@ -253,3 +385,83 @@ def test_start_in_a_browser_shows_weights_and_umap_then_stop(tmp_path):
         kill_trainers(runs_root)
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
     assert server.poll() is not None
+
+
+# --------------------------------------------------------------------------------------------
+# One test per tab: a screenshot, no overlapping titles, no panel without data or message
+# --------------------------------------------------------------------------------------------
+
+TAB_RUNS = {"cacr": "cacr-run", "infonce": "infonce-run"}
+
+
+def train_tab_runs(root: Path, **overrides) -> None:
+    """Finished digits runs of CACR and InfoNCE under ``root`` (tiny unless ``overrides``)."""
+    from cacr_lab.train import TrainConfig, train
+
+    base = dict(dataset="digits", epochs=1, max_steps=8, batch_size=64, log_every=1)
+    base |= dict(eval_every_steps=4, snapshot_size=128, knn_k=20) | overrides
+    for method, name in TAB_RUNS.items():
+        train(TrainConfig(method=method, **base), root / name, reuse=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tab_page(tmp_path_factory):
+    """The page on two finished runs, in one browser for the module's tests."""
+    if browser_missing() is not None:
+        pytest.skip(browser_missing())
+    tmp = tmp_path_factory.mktemp("tabs")
+    runs_root = tmp / "runs"
+    train_tab_runs(runs_root)
+    port = free_port()
+    server = start_server(runs_root, port, tmp / "streamlit.log")
+    driver = None
+    try:
+        wait_healthy(port, server)
+        driver = make_driver(tmp / "chromium-profile", width=1280, height=2400)
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait_until(lambda: "Watch run" in body_text(driver), 90, "the Live tab")
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop_process_group(server)
+        shutil.rmtree(tmp / "chromium-profile", ignore_errors=True)
+
+
+def check_pictures(driver, shot: Path, must_show: list[str]) -> None:
+    """The tab's charts named by ``must_show`` are drawn, a screenshot is taken, and no chart
+    has overlapping titles or a panel with neither data nor a message."""
+    wait_for_charts(driver, must_show)
+    assert screenshot(driver, shot).stat().st_size > 50_000
+    assert picture_problems(driver) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(TAB_RUNS))
+def test_live_tab_pictures(tab_page, tmp_path, method):
+    name = TAB_RUNS[method]
+    open_tab(tab_page, "Live run")
+    select_option(tab_page, "watch", name)
+    check_pictures(
+        tab_page,
+        tmp_path / f"live-{method}.png",
+        [WEIGHTS_TITLE, "Training loss", f"{UMAP_TITLE} · {name}", "Evaluation"],
+    )
+    # InfoNCE's panels without positives say so in the panel itself (issue 14 item 1)
+    weights = next(f for f in page_figures(tab_page) if f["title"].startswith(WEIGHTS_TITLE))
+    notes = [t["text"] for t in weights["titles"] if "annotation" in t["cls"]]
+    assert any("not recorded" in n for n in notes) == (method == "infonce"), notes
+
+
+@pytest.mark.slow
+def test_compare_tab_pictures(tab_page, tmp_path):
+    open_tab(tab_page, "Compare runs")
+    for name in TAB_RUNS.values():
+        select_option(tab_page, "compare", name)
+    check_pictures(
+        tab_page,
+        tmp_path / "compare.png",
+        ["Training loss", "Concentration", "Evaluation", f"{UMAP_TITLE} · cacr-run"],
+    )
+    titles = [f["title"] for f in page_figures(tab_page)]
+    assert sum(t.startswith(UMAP_TITLE) for t in titles) == 2, titles

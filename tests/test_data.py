@@ -60,6 +60,36 @@ def test_digits_shapes_dtypes_and_stratified_split(digits):
     assert int(train.images.max()) > 200  # 0..16 was mapped onto 0..255
 
 
+def test_digits_match_scikit_learn_without_importing_it():
+    """The images and the fixed split are scikit-learn's (load_digits, train_test_split with
+    test_size 0.25, stratified, random_state 0), though loading imports no scikit-learn."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train_idx, test_idx = train_test_split(
+        np.arange(len(bunch.target)), test_size=0.25, stratify=bunch.target, random_state=0
+    )
+    fresh = load_dataset("digits", image_size=8)
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    for split, idx in ((fresh.train, train_idx), (fresh.test, test_idx)):
+        idx = np.sort(idx)
+        assert np.array_equal(split.images[:, 0].numpy(), pixels[idx])
+        assert np.array_equal(split.labels.numpy(), bunch.target[idx])
+    code = "import sys; from cacr_lab.data import load_dataset; load_dataset('digits'); "
+    code += "print('sklearn' in sys.modules)"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "False"
+
+
 def test_digits_split_ignores_seed_and_native_size():
     a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=5, image_size=8)
     assert torch.equal(a.test.labels, b.test.labels)

@@ -212,6 +212,23 @@ def test_reuse_returns_a_finished_run_of_the_same_config_untouched(tmp_path):
     assert not finished_with(tmp_path / "nothing", other)
 
 
+def test_eval_every_steps_snapshots_mid_epoch_and_trains_the_same(tmp_path):
+    """A snapshot every 3 steps (21 steps per epoch here), in a run stopped at step 4 and
+    resumed to 8: evaluations at 0, 3, 4 (the first part's final), 6 and the final 8; losses
+    and weights are those of the same run evaluated by epochs, uninterrupted."""
+    plain = train(tiny(epochs=2, max_steps=8), tmp_path / "plain", progress=False)
+    stepped = tmp_path / "stepped"
+    train(tiny(epochs=2, max_steps=4, eval_every_steps=3), stepped, progress=False)
+    train(tiny(epochs=2, max_steps=8, eval_every_steps=3), stepped, resume=True, progress=False)
+    assert [r["step"] for r in load_run(stepped).eval_records()] == [0, 3, 4, 6, 8]
+    assert [int(p.stem.split("_")[1]) for p in list_snapshots(stepped)] == [0, 3, 4, 6, 8]
+    assert [r["step"] for r in load_run(plain).eval_records()] == [0, 8]
+    losses = lambda p: [(r["step"], r["loss"]) for r in load_run(p).train_records()]  # noqa: E731
+    assert losses(stepped) == losses(plain)
+    for k, v in _final_state(plain).items():
+        torch.testing.assert_close(_final_state(stepped)[k], v, rtol=0, atol=0)
+
+
 def _final_state(run_dir: Path) -> dict:
     return torch.load(last_checkpoint(run_dir), weights_only=True)["model"]
 

@@ -21,6 +21,8 @@ The bottom of the data package: it imports nothing from `views`, `augment` or `i
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,24 +249,46 @@ def _held_out(fraction: float, of: str, seed: str) -> str:
     return f"held-out {100 * fraction:g} % of {of} (stratified, {seed})"
 
 
-def _load_digits(image_size: int) -> DataSplits:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+# The fixed test quarter of digits (450 of 1797 images, stratified by class): scikit-learn's
+# train_test_split(test_size=0.25, stratify=labels, random_state=0) as a bit mask, so that a
+# trainer's start does not import scikit-learn (seconds on a busy laptop, before the first
+# snapshot). tests/test_data.py checks it against scikit-learn.
+_DIGITS_TEST_MASK = (
+    "AAAEiDUmEEAAFkEBk0IFABoACAECJAAoBiweCBEIlgoAkBkSBCD4oAKBEOBACAqaMEQVJElCwKAK"
+    "IDCAQATYIUCLgCAASIXEABBACKCQAAVIaAAwEAACDsQJABIkhACDuAE8IaacCgIEAA9IQAgEpBhJ"
+    "AhJAYeUAgCRgTpQ3aoGSFgFUgABIQqCkGApQAKQLhWHmiBCASRJMgMAiBQaOAAEJ8gLBQTmIE8AJ"
+    "GQAAFI4BAIQQoOEAMygpAMFEyMBoCgECkwKSAwkipkAsJgQhCKhggZjIoBQShhICEoE4pBUA"
+)
 
-    bunch = load_digits()
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: ``(1797, 8, 8)`` pixels 0..16 and the labels, read from its data
+    file without importing scikit-learn (``load_digits`` where the file is not found)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def _load_digits(image_size: int) -> DataSplits:
+    pixels, target = _digits_arrays()
     # Pixel values are 0..16; map them onto the usual 0..255 range of uint8 images.
-    pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    pixels = np.rint(pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     images = _resize_uint8(torch.from_numpy(pixels).unsqueeze(1), image_size)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    labels = torch.from_numpy(target.astype(np.int64))
     # Fixed split (not `seed`): every run, whatever its seed, is evaluated on the same images.
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=0.25, stratify=bunch.target, random_state=0
-    )
-    classes = [str(int(c)) for c in bunch.target_names]
+    bits = np.frombuffer(base64.b64decode("".join(_DIGITS_TEST_MASK)), dtype=np.uint8)
+    test = np.unpackbits(bits)[: len(labels)].astype(bool)
+    classes = [str(c) for c in range(10)]
     data = ImageData(images, labels, classes, "digits")
     return _splits(
-        data.subset(torch.from_numpy(np.sort(train_idx))),
-        data.subset(torch.from_numpy(np.sort(test_idx))),
+        data.subset(torch.from_numpy(np.flatnonzero(~test))),
+        data.subset(torch.from_numpy(np.flatnonzero(test))),
         image_size,
         _held_out(0.25, "digits", "fixed seed 0"),
     )

@@ -131,16 +131,26 @@ def check_resume(
 
 
 def evaluation_due(
-    step: int, epoch: int, steps_per_epoch: int, total_steps: int, eval_every: int
+    step: int,
+    epoch: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    eval_every: int,
+    every_steps: int = 0,
 ) -> bool:
     """Whether an evaluation (and snapshot) belongs at ``step``: at the start, and after every
-    ``eval_every``-th complete epoch but the last (the final evaluation follows it).
+    ``eval_every``-th complete epoch but the last (the final evaluation follows it); with
+    ``every_steps`` > 0, after every ``every_steps``-th step instead (mid-epoch too).
 
     >>> [evaluation_due(s, s // 10, 10, 30, 1) for s in (0, 5, 10, 20, 30)]
     [True, False, True, True, False]
+    >>> [evaluation_due(s, s // 10, 10, 30, 1, every_steps=5) for s in (0, 3, 5, 10, 25, 30)]
+    [True, False, True, True, True, False]
     """
     if step == 0:
         return True
+    if every_steps:
+        return step % every_steps == 0 and step < total_steps
     return (
         step % steps_per_epoch == 0
         and step < total_steps

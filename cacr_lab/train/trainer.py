@@ -14,9 +14,10 @@ CLI, the notebooks and the dashboard read. What happens, in order:
    seeded by (seed, epoch) and (seed, step), so a run is reproducible on CPU and a resumed run
    continues exactly where an uninterrupted one would be.
 3. Every ``log_every`` steps a train record is logged (the only host sync of the loop on a GPU);
-   every ``eval_every`` epochs (and before the first step) an evaluation record (kNN accuracy,
-   alignment, uniformity, weight statistics) and a snapshot (embedding sample, weight sample)
-   are written; ``last.pt`` after every epoch and ``epoch_NNNN.pt`` every ``checkpoint_every``.
+   every ``eval_every`` epochs (or ``eval_every_steps`` steps; and before the first step) an
+   evaluation record (kNN accuracy, alignment, uniformity, weight statistics) and a snapshot
+   (embedding sample, weight sample) are written; ``last.pt`` after every epoch and
+   ``epoch_NNNN.pt`` every ``checkpoint_every``.
 4. At the end a fast linear probe gives the final accuracy and per-class accuracy.
 
 A non-finite loss or gradient stops the run before the step, with an error naming the step and
@@ -502,6 +503,8 @@ class Trainer:
             self._take_step(order)
             if self.step >= self.total_steps:
                 break
+            if self.step % self.steps_per_epoch and self._evaluation_due():  # eval_every_steps
+                self.maybe_evaluate()
         if self.step % self.steps_per_epoch == 0:
             self._end_epoch()
 
@@ -551,8 +554,10 @@ class Trainer:
             self.maybe_evaluate()
 
     def _evaluation_due(self) -> bool:
-        n, every = self.steps_per_epoch, self.config.eval_every
-        return evaluation_due(self.step, self.epoch, n, self.total_steps, every)
+        n, cfg = self.steps_per_epoch, self.config
+        return evaluation_due(
+            self.step, self.epoch, n, self.total_steps, cfg.eval_every, cfg.eval_every_steps
+        )
 
     def _end_run(self) -> None:
         """The final evaluation (with the linear probe), a checkpoint if stopped mid-epoch by
