@@ -460,6 +460,8 @@ def _lens_arrays(arrays: Mapping[str, Any], neg_weights: np.ndarray | None) -> d
                 raise ValueError(f"{name} {out[name].shape} and neg_weights differ in shape")
     per_query = ("query_index", "query_labels", "pos_index", "pos_labels", "neg_index")
     rows = {name: out[name].shape[0] for name in (*per_query, "neg_labels") if name in out}
+    if rows and neg_weights is not None:
+        rows["neg_weights"] = neg_weights.shape[0]
     if len(set(rows.values())) > 1:
         raise ValueError(f"the query arrays disagree on the number of queries Q: {rows}")
     if "query_views" in out and len(out["query_views"]) > min(rows.values(), default=0):
