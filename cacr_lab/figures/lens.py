@@ -237,6 +237,8 @@ def _lens_finish(fig, snapshot, q, cells, method, title) -> go.Figure:
     if implicit is not None and not np.allclose(implicit[q], w, atol=1e-6):
         shares += f" · {np.asarray(implicit[q])[same].sum():.0%} under InfoNCE"
     shares += f" · {same.mean():.0%} uniform"
+    if len(np.unique(snapshot.neg_index[q])) < w.size:  # the InfoNCE family's 2B - 2 negatives
+        shares += " · every image twice (both views)"
     default = (
         f"Query {q} under the lens · step {snapshot.step} (epoch {snapshot.epoch})"
         f"<br><sup>{shares} · red: a negative of the query's own class</sup>"
