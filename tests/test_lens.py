@@ -247,7 +247,6 @@ def test_a_training_run_records_who_is_who(tiny_run):
     assert evals[-1]["fn_share_uniform"] == pytest.approx(lens.uniform_share(labels))
 
 
-@pytest.mark.slow
 def test_the_recording_leaves_training_bit_identical(tiny_run, tmp_path, monkeypatch):
     """The same run without the lens arrays and shares: the same losses and weights."""
     monkeypatch.setattr(lens, "fn_share_record", lambda out, probe, t: {})
@@ -373,7 +372,6 @@ def _charts(at) -> dict[str, dict]:
     return {s["layout"]["title"]["text"]: s for s in specs}
 
 
-@pytest.mark.slow
 def test_the_page_shows_the_lens_and_a_message_for_an_old_snapshot(tiny_run, tmp_path, monkeypatch):
     root = tmp_path / "runs"
     shutil.copytree(tiny_run, root / "cacr-lens")
