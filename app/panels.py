@@ -16,6 +16,7 @@ import streamlit as st
 from cacr_lab import figures, runs
 
 # isort: split
+from lens import lens_compare, lens_panel
 from state import (
     LIVE_EVERY,
     cached_figure,
@@ -179,6 +180,7 @@ def run_panels(run: runs.Run) -> None:
     plot(st, "Evaluation", f"eval_{k}", eval_v, lambda: figures.eval_curves(run))
     if run.config.get("imbalance") not in (None, "none"):
         plot(st, "Per-class accuracy", f"perclass_{k}", eval_v, lambda: per_class(run))
+    lens_panel(run, snap, eval_v)  # which images the weights pull and push (app/lens.py)
     umap_panel(umap_slot, run, snap, f"umap_{k}")  # last: it may take a moment
 
 
@@ -284,6 +286,7 @@ def compared(root: Path, names: list[str]) -> None:
             lambda: figures.per_class_bars(probed, class_names=class_names(probed[0])),
         )
     st.dataframe(figures.compare_rows(chosen), hide_index=True)
+    lens_compare(chosen, eval_v)  # the false-negative share, one query per run (app/lens.py)
     # Two per row: in thirds of the page the titles and legends took most of each chart.
     for first in range(0, len(chosen), 2):
         for col, run in zip(st.columns(2), chosen[first : first + 2]):

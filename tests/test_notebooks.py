@@ -21,6 +21,7 @@ EXPECTED = [
     "03_imbalanced_data.ipynb",
     "04_ablations.ipynb",
     "05_gpu_reproduction.ipynb",
+    "06_weights_under_the_lens.ipynb",
 ]
 
 

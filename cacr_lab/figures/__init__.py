@@ -36,6 +36,9 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
 - :mod:`~cacr_lab.figures.embedding`: :func:`compute_umap` (with its numba disk cache,
   :func:`enable_umap_disk_cache`, :func:`warm_up_umap`), :func:`embedding_scatter` and
   :func:`embedding_panels` (maps side by side, one figure).
+- :mod:`~cacr_lab.figures.lens`: what the weights look at -- :func:`query_lens` (one query's
+  positives and heaviest / lightest negatives as images, a version 2 snapshot), :func:`lens_queries`
+  and :func:`false_negative_curves` (the weight on the query's own class over training).
 - :mod:`~cacr_lab.figures.theory`: figures of :mod:`cacr_lab.theory`'s data --
   :func:`force_field`, :func:`query_force_figure`, :func:`theory_curves`.
 - :mod:`~cacr_lab.figures.output`: :func:`write_html` and :func:`setup_notebook`.
@@ -53,6 +56,7 @@ from cacr_lab.figures.embedding import (
     enable_umap_disk_cache,
     warm_up_umap,
 )
+from cacr_lab.figures.lens import FN_KEYS, false_negative_curves, lens_queries, query_lens
 from cacr_lab.figures.output import setup_notebook, write_html
 from cacr_lab.figures.style import (
     DESIGN_WIDTHS,
@@ -83,6 +87,7 @@ from cacr_lab.figures.weights import (
 
 __all__ = [
     "DESIGN_WIDTHS",
+    "FN_KEYS",
     "FORCE_COLORS",
     "LOSS_PARTS",
     "METHOD_COLORS",
@@ -95,13 +100,16 @@ __all__ = [
     "embedding_scatter",
     "enable_umap_disk_cache",
     "eval_curves",
+    "false_negative_curves",
     "force_field",
+    "lens_queries",
     "loss_curves",
     "method_color",
     "metric_bars",
     "part_name",
     "per_class_bars",
     "query_force_figure",
+    "query_lens",
     "run_label",
     "setup_notebook",
     "theory_curves",

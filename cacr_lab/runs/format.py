@@ -44,7 +44,15 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
     - ``"eval"``: ``epoch``, ``knn_acc``, ``alignment``, ``uniformity``, optional ``probe_acc``,
       ``per_class_acc`` (list[float], index = class), and weight statistics prefixed ``pos_`` and
       ``neg_``: ``*_ess_frac`` (effective sample size / set size), ``*_entropy_norm`` (entropy /
-      log set size), ``*_max_weight``, ``*_wd_corr`` (correlation of weight and d²).
+      log set size), ``*_max_weight``, ``*_wd_corr`` (correlation of weight and d²); and the
+      false-negative share of the held-out probe batch (B images; docs/method.md §8.1), each the
+      mean over its queries of the weight mass on negatives of the query's own class:
+      ``fn_share`` (the run's own negative weights: CACR's pi_neg, the InfoNCE family's implicit
+      weights; absent for a method that weights no negatives), ``fn_share_infonce`` (InfoNCE's
+      implicit weights softmax_j(-d²_j / (2T)) = softmax_j(s_j / T) over the same negatives; T
+      the run's ``temperature`` for infonce / hard-negative / debiased, else InfoNCE's default
+      0.5) and ``fn_share_uniform`` (uniform weights: the mean over queries of
+      (n_c - 1) / (B - 1), n_c the images of the query's class in the batch).
       Optional (absent in records written before it existed; read it with
       :func:`eval_split_of`): ``eval_split`` (str), the evaluation split the accuracies were
       measured on, in words (``"official test split"``, ``"test/ tree"``, ``"held-out 10 % of
@@ -72,7 +80,25 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
     - optional, for a sample of Q queries: ``pos_weights`` and ``pos_d2`` (Q, K), ``neg_weights``
       and ``neg_d2`` (Q, N) float32 -- the conditional weights pi_pos / pi_neg (each row sums to
       1) and the squared distances they were computed from;
-    - scalars ``step`` and ``epoch`` (int64).
+    - scalars ``step`` and ``epoch`` (int64), and ``version`` (int64, the snapshot version:
+      :data:`SNAPSHOT_VERSION`; a file without it is version 1);
+    - version 2, optional ("who is who", for methods that weight negatives): for the same Q
+      queries, indices into the held-out split the sample comes from (``DataSplits.test``, the
+      split evaluations test on) and their labels -- ``query_index``, ``query_labels`` (Q,);
+      ``pos_index``, ``pos_labels`` (Q, K) (a query's positives are the other views of its own
+      image); ``neg_index``, ``neg_labels`` (Q, N), column for column as ``neg_weights`` (the
+      InfoNCE family's 2B - 2 negatives hold every other image twice, one per view), all int32;
+      ``infonce_weights`` (Q, N) float32, InfoNCE's implicit weights over the same negatives
+      (as ``fn_share_infonce``) and the scalar ``infonce_temperature``; the pixels, uint8 at the
+      size the run trains at (digits 16 px, CIFAR 32 px): ``images`` (B, C, S, S), every image
+      of the probe batch un-augmented (the evaluation's centre view), with ``image_index`` (B,)
+      int32, their held-out indices (each index above is one of them); ``query_views``
+      (L, V, C, S, S), the first L = min(Q, B, 16) queries' V views as the loss saw them (view
+      0 the query, views 1..K its positives in ``pos_weights``' order). Query q is image
+      q mod B of the probe batch; rows q < B are view 0's queries (CACR, InfoNCE: against the
+      first view pair; moco: anchor 0, first query view). The size of a snapshot with the
+      default Q = 64, B = 128, K = 4, n = 512, D = 128: digits 492 KB (336 KB before version
+      2), CIFAR 1.08 MB (336 KB before).
 
 ``evaluation.json``
     Written by :func:`write_evaluation`, replaced atomically: a JSON object keyed by protocol
@@ -91,6 +117,9 @@ signature and holds only these names (and leftover ``.tmp-*`` files), and names 
     held until it closes; the kernel releases it however the process ends (kill -9 included), so a
     second writer of the same folder -- started at the same instant or later -- is refused while
     the first lives. The file itself is never deleted (that would let two owners lock two files).
+
+Snapshot versions (the ``version`` array, independent of the folder's ``run_format``): 2 added
+the "who is who" arrays above; a version 1 snapshot (no ``version``) loads with them as None.
 
 Versions: 2 added ``run_format``, ``pid_start`` and ``.lock`` (and ``last.pt`` at a stop's step).
 Version 1 folders (cacr_lab 0.1.0 before it) lack them; readers load them as before, a writer
@@ -155,6 +184,21 @@ RUN_ENTRIES = frozenset(
 STATES = ("running", "finished", "failed", "stopped")
 # Optional snapshot arrays; each pair shares one (Q, set size) shape.
 SNAPSHOT_ARRAYS = ("pos_weights", "pos_d2", "neg_weights", "neg_d2")
+# Snapshot version 2: who each query's positives and negatives are, and their pixels.
+SNAPSHOT_VERSION = 2
+LENS_ARRAYS = (
+    "query_index",
+    "query_labels",
+    "pos_index",
+    "pos_labels",
+    "neg_index",
+    "neg_labels",
+    "infonce_weights",
+    "infonce_temperature",
+    "images",
+    "image_index",
+    "query_views",
+)
 _STATUS_FIELDS = (
     "pid",
     "pid_start",

@@ -19,6 +19,7 @@ from cacr_lab.runs.format import (
     _SNAPSHOT_RE,
     CONFIG_FILE,
     EVALUATION_FILE,
+    LENS_ARRAYS,
     METRICS_FILE,
     SNAPSHOT_ARRAYS,
     SNAPSHOT_DIR,
@@ -219,6 +220,26 @@ class Snapshot:
     neg_weights: np.ndarray | None = None
     neg_d2: np.ndarray | None = None
     path: Path | None = None
+    # Snapshot version 2 (None in a version 1 file): who each query's positives and negatives
+    # are, and their pixels; shapes and meaning in cacr_lab.runs.format.
+    version: int = 1
+    query_index: np.ndarray | None = None
+    query_labels: np.ndarray | None = None
+    pos_index: np.ndarray | None = None
+    pos_labels: np.ndarray | None = None
+    neg_index: np.ndarray | None = None
+    neg_labels: np.ndarray | None = None
+    infonce_weights: np.ndarray | None = None
+    infonce_temperature: float | None = None
+    images: np.ndarray | None = None
+    image_index: np.ndarray | None = None
+    query_views: np.ndarray | None = None
+
+    @property
+    def has_lens(self) -> bool:
+        """Whether the snapshot says who its queries' negatives are (version 2 and a method
+        that weights negatives): what the "query under the lens" panel needs."""
+        return self.neg_weights is not None and self.neg_index is not None
 
 
 def eval_split_of(record: Mapping[str, Any]) -> str:
@@ -258,7 +279,11 @@ def load_snapshot(path: str | os.PathLike) -> Snapshot:
         embeddings=data["embeddings"],
         labels=data["labels"],
         path=path,
-        **{k: data.get(k) for k in SNAPSHOT_ARRAYS},
+        **{k: data.get(k) for k in SNAPSHOT_ARRAYS + LENS_ARRAYS if k != "infonce_temperature"},
+        version=int(data.get("version", 1)),
+        infonce_temperature=(
+            float(data["infonce_temperature"]) if "infonce_temperature" in data else None
+        ),
     )
 
 

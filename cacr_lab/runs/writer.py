@@ -25,11 +25,13 @@ from cacr_lab.runs.format import (
     EVALUATION_FILE,
     FORMAT_KEY,
     FORMAT_VERSION,
+    LENS_ARRAYS,
     LOCK_FILE,
     LOG_FILE,
     METRICS_FILE,
     SNAPSHOT_ARRAYS,
     SNAPSHOT_DIR,
+    SNAPSHOT_VERSION,
     STATES,
     STATUS_FILE,
     _command_output,
@@ -269,13 +271,15 @@ class RunWriter:
             embeddings: (n, D) normalised embeddings of the fixed held-out sample.
             labels: (n,) int classes.
             **arrays: optional ``pos_weights``/``pos_d2`` (Q, K), ``neg_weights``/``neg_d2``
-                (Q, N); numpy arrays or torch tensors.
+                (Q, N), and the "who is who" arrays of :data:`LENS_ARRAYS` (shapes and dtypes:
+                :mod:`cacr_lab.runs.format`); numpy arrays or torch tensors.
         """
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        unknown = sorted(set(arrays) - set(SNAPSHOT_ARRAYS))
+        allowed = SNAPSHOT_ARRAYS + LENS_ARRAYS
+        unknown = sorted(set(arrays) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown snapshot arrays {unknown}; allowed: {SNAPSHOT_ARRAYS}")
+            raise ValueError(f"unknown snapshot arrays {unknown}; allowed: {allowed}")
         emb = _to_numpy(embeddings, np.float32)
         lab = _to_numpy(labels, np.int64)
         if emb.ndim != 2 or lab.shape != (emb.shape[0],):
@@ -287,6 +291,7 @@ class RunWriter:
             "labels": lab,
             "step": np.int64(step),
             "epoch": np.int64(epoch),
+            "version": np.int64(SNAPSHOT_VERSION),
         }
         for side in ("pos", "neg"):
             w, d2 = arrays.get(f"{side}_weights"), arrays.get(f"{side}_d2")
@@ -299,6 +304,7 @@ class RunWriter:
                     data[name] = a
             if w is not None and d2 is not None and w.shape != d2.shape:
                 raise ValueError(f"{side}_weights {w.shape} and {side}_d2 {d2.shape} differ")
+        data.update(_lens_arrays(arrays, data.get("neg_weights")))
 
         path = snapshot_path(self.path, int(step))
         # a file object: savez does not append another ".npz"
@@ -419,6 +425,52 @@ def _full_config(
 
 def _int_gt(value: Any, bound: int) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > bound
+
+
+# dtype and number of dimensions of each "who is who" array (the spec: runs/format.py).
+_LENS_LAYOUT = {
+    "query_index": (np.int32, 1),
+    "query_labels": (np.int32, 1),
+    "pos_index": (np.int32, 2),
+    "pos_labels": (np.int32, 2),
+    "neg_index": (np.int32, 2),
+    "neg_labels": (np.int32, 2),
+    "infonce_weights": (np.float32, 2),
+    "infonce_temperature": (np.float32, 0),
+    "images": (np.uint8, 4),
+    "image_index": (np.int32, 1),
+    "query_views": (np.uint8, 5),
+}
+
+
+def _lens_arrays(arrays: Mapping[str, Any], neg_weights: np.ndarray | None) -> dict:
+    """The "who is who" arrays of ``arrays`` as stored, checked: dtypes and dimensions as
+    :data:`_LENS_LAYOUT` says; the (Q, N) ones shaped as ``neg_weights``; one row per query."""
+    out = {}
+    for name, (dtype, ndim) in _LENS_LAYOUT.items():
+        if arrays.get(name) is None:
+            continue
+        a = _to_numpy(arrays[name], dtype)
+        if a.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        out[name] = a
+    if neg_weights is not None:
+        for name in ("neg_index", "neg_labels", "infonce_weights"):
+            if name in out and out[name].shape != neg_weights.shape:
+                raise ValueError(f"{name} {out[name].shape} and neg_weights differ in shape")
+    per_query = ("query_index", "query_labels", "pos_index", "pos_labels", "neg_index")
+    rows = {name: out[name].shape[0] for name in (*per_query, "neg_labels") if name in out}
+    if rows and neg_weights is not None:
+        rows["neg_weights"] = neg_weights.shape[0]
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"the query arrays disagree on the number of queries Q: {rows}")
+    if "query_views" in out and len(out["query_views"]) > min(rows.values(), default=0):
+        raise ValueError(f"query_views holds {len(out['query_views'])} queries, more than Q")
+    if ("images" in out) != ("image_index" in out) or (
+        "images" in out and len(out["images"]) != len(out["image_index"])
+    ):
+        raise ValueError("images (B, C, S, S) and image_index (B,) come together, one per image")
+    return out
 
 
 def _to_numpy(x: Any, dtype: Any) -> np.ndarray:

@@ -63,7 +63,7 @@ from cacr_lab.evaluate import (
 from cacr_lab.losses import LOSSES, LossOutput
 from cacr_lab.models import build_encoder, default_encoder
 from cacr_lab.runs import RunWriter
-from cacr_lab.train import guards
+from cacr_lab.train import guards, lens
 from cacr_lab.train.checkpoint import checkpoint_state, finished_with, write_checkpoint
 from cacr_lab.train.distributed import (
     DistInfo,
@@ -89,6 +89,7 @@ class _Probe:
     views: torch.Tensor  # (V, b, ...) augmented views of b test images
     snap_images: torch.Tensor  # (n, ...) test images whose embeddings snapshots store
     snap_labels: torch.Tensor  # (n,)
+    index: torch.Tensor  # (n,) their indices in the test split (snapshots name them)
 
 
 class Trainer:
@@ -204,6 +205,7 @@ class Trainer:
         self.loss_fn = LOSSES[config.method]
         self.loss_kwargs = config.resolved_loss_options()
         self.amp = config.amp and self.device.type == "cuda"
+        self._infonce_t = lens.infonce_temperature(config.method, self.loss_kwargs)
 
     def _open_run_dir(self, *, overwrite: bool, resume: bool) -> None:
         """The resolved config and the writer: rank 0 writes the run directory, the others not."""
@@ -251,7 +253,8 @@ class Trainer:
         idx = torch.randperm(len(test), generator=g)[:n]
         b = min(self.config.batch_size, len(test))
         views = self.augment(test.images[idx[:b]], self.config.n_views, generator=_seeded(0, 8))
-        return _Probe(views.to(self.device), test.images[idx].to(self.device), test.labels[idx])
+        images = test.images[idx].to(self.device)
+        return _Probe(views.to(self.device), images, test.labels[idx], idx)
 
     def batch_views(self, step: int, order: torch.Tensor) -> torch.Tensor | MultiCrop:
         """The (V, B, ...) views of the batch at ``step`` (position in the epoch's ``order``);
@@ -380,17 +383,14 @@ class Trainer:
         ):
             if w is not None:
                 record.update({prefix + k: v for k, v in weight_stats(w, d2).items()})
+        record.update(lens.fn_share_record(out, self.probe, self._infonce_t))  # docs §8.1
         return out
 
     def _snapshot(self, out: LossOutput, emb: torch.Tensor) -> None:
         """Snapshot: ``emb: (n, D)`` embeddings of the fixed sample + the weights of a few
         queries of the probe batch's loss ``out``."""
-        q = self.config.snapshot_queries
-        arrays = {}
-        for key in ("pos_weights", "pos_d2", "neg_weights", "neg_d2"):
-            t = getattr(out, key)
-            if t is not None:
-                arrays[key] = t.reshape(-1, t.shape[-1])[:q].float().cpu()
+        q = self.config.snapshot_queries  # weights, and who is who (cacr_lab.train.lens)
+        arrays = lens.snapshot_arrays(out, self.probe, q, self._infonce_t, self.splits)
         self.writer.snapshot(
             self.step, self.epoch, emb.float().cpu(), self.probe.snap_labels, **arrays
         )
