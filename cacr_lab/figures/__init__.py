@@ -38,6 +38,9 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
   :func:`embedding_panels` (maps side by side, one figure).
 - :mod:`~cacr_lab.figures.theory`: figures of :mod:`cacr_lab.theory`'s data --
   :func:`force_field`, :func:`query_force_figure`, :func:`theory_curves`.
+- :mod:`~cacr_lab.figures.study`: a study's numbers (``cacr-lab study``) --
+  :func:`interval_plot` (paired differences with interval bars), :func:`rare_frequent_bars`,
+  :func:`study_accuracy_bars`.
 - :mod:`~cacr_lab.figures.output`: :func:`write_html` and :func:`setup_notebook`.
 
 >>> import numpy as np
@@ -54,6 +57,7 @@ from cacr_lab.figures.embedding import (
     warm_up_umap,
 )
 from cacr_lab.figures.output import setup_notebook, write_html
+from cacr_lab.figures.study import interval_plot, rare_frequent_bars, study_accuracy_bars
 from cacr_lab.figures.style import (
     DESIGN_WIDTHS,
     METHOD_COLORS,
@@ -96,14 +100,17 @@ __all__ = [
     "enable_umap_disk_cache",
     "eval_curves",
     "force_field",
+    "interval_plot",
     "loss_curves",
     "method_color",
     "metric_bars",
     "part_name",
     "per_class_bars",
     "query_force_figure",
+    "rare_frequent_bars",
     "run_label",
     "setup_notebook",
+    "study_accuracy_bars",
     "theory_curves",
     "warm_up_umap",
     "weight_histograms",
