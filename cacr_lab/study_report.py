@@ -55,15 +55,23 @@ def verdict(iv: Interval, subject: str = "CACR") -> str:
     """One line: "inconclusive at this budget" if the interval contains 0 (or there is none),
     else "CACR higher by X [lo, hi]" in percent points.
 
+    A zero-width interval (every seed gave the same difference, e.g. one test image each time
+    on a quantised accuracy) is no evidence either: the t-interval has no spread to stand on,
+    so it is inconclusive too.
+
     >>> verdict(Interval(0.02, 0.01, 0.03, 3, 0.004))
     'CACR higher by 2.00 points [+1.00, +3.00]'
     >>> verdict(Interval(0.02, -0.01, 0.05, 3, 0.01))
     'inconclusive at this budget (the interval contains 0)'
+    >>> verdict(Interval(-0.0022, -0.0022, -0.0022, 3, 0.0))
+    'inconclusive at this budget (every seed gave the same difference: no spread)'
     """
     if iv.n < 2:
         return f"inconclusive at this budget ({iv.n} seed: no interval)"
     if not iv.excludes_zero:
         return "inconclusive at this budget (the interval contains 0)"
+    if iv.sd == 0:
+        return "inconclusive at this budget (every seed gave the same difference: no spread)"
     word = "higher" if iv.mean > 0 else "lower"
     bounds = f"[{100 * iv.lo:+.2f}, {100 * iv.hi:+.2f}]"
     return f"{subject} {word} by {100 * abs(iv.mean):.2f} points {bounds}"
@@ -203,7 +211,9 @@ def _header(p: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "the kNN bank and the probe's training set are the balanced train split.",
         f"- Statistics: mean ± std over seeds; every interval is a 95 % Student t-interval of the "
         f"paired differences over the seeds (df = n − 1 = {n - 1}{tq}). A verdict says "
-        "'inconclusive at this budget' when its interval contains 0.",
+        "'inconclusive at this budget' when its interval contains 0. Each interval covers one "
+        "comparison (no correction for the many in this report: about 1 in 20 excludes 0 by "
+        "chance alone), so read a single conclusive row with care.",
         f"- Wall time: {sum(float(r['wall_s'] or 0) for r in rows) / 60:.1f} min of training in "
         f"{len(rows)} runs (sum of the runs' own clocks, evaluations included).",
     ]
