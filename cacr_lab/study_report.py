@@ -70,7 +70,7 @@ def verdict(iv: Interval, subject: str = "CACR") -> str:
         return f"inconclusive at this budget ({iv.n} seed: no interval)"
     if not iv.excludes_zero:
         return "inconclusive at this budget (the interval contains 0)"
-    if iv.sd == 0:
+    if iv.sd < 1e-6:  # 0 up to float32 rounding of the accuracies
         return "inconclusive at this budget (every seed gave the same difference: no spread)"
     word = "higher" if iv.mean > 0 else "lower"
     bounds = f"[{100 * iv.lo:+.2f}, {100 * iv.hi:+.2f}]"

@@ -117,6 +117,7 @@ def test_verdict_says_inconclusive_whenever_the_interval_contains_zero():
     assert verdict(Interval(0.03, -0.01, 0.07, 3, 0.02)).startswith("inconclusive at this budget")
     # a zero-width interval (the same one-image difference at every seed) is no evidence
     assert verdict(Interval(-0.0022, -0.0022, -0.0022, 3, 0.0)).startswith("inconclusive")
+    assert verdict(Interval(-0.0022, -0.00221, -0.00219, 3, 3e-9)).startswith("inconclusive")
     assert verdict(Interval(0.03, math.nan, math.nan, 1, math.nan)).startswith(
         "inconclusive at this budget (1 seed"
     )
