@@ -1,10 +1,11 @@
-"""The ``cacr-lab`` command (also ``python -m cacr_lab``): train, eval, compare.
+"""The ``cacr-lab`` command (also ``python -m cacr_lab``): train, eval, compare, study.
 
     cacr-lab train --dataset digits --method cacr --positives 4 --tau-pos 1.0 --tau-neg 0.9 \\
         --epochs 20 --run-dir runs/cacr-digits
     cacr-lab eval runs/cacr-digits [--protocol fast|paper]
     cacr-lab compare --methods cacr,infonce,align-uniform --dataset digits --seeds 3 \\
         --epochs 10 --imbalance linear --out results/digits-linear
+    cacr-lab study --preset cpu-digits --seeds 3 --out results/study-digits
 
 This module is argparse only: every default comes from :mod:`cacr_lab.config` (TrainConfig's
 fields, the runs root), and the commands call :mod:`cacr_lab.train` and
@@ -161,7 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=3, help="number of seeds per method (0..N-1)")
     c.add_argument("--out", required=True, help="output folder (runs/, results.csv, report.md)")
     _add_train_flags(c, single_run=False)
+    _study_arguments(
+        sub.add_parser("study", help="methods x imbalance profiles x seeds, seed-paired, a report")
+    )
     return p
+
+
+def _study_arguments(s: argparse.ArgumentParser) -> None:
+    """``cacr-lab study``: a preset, and compare's flags on top of it (only those typed)."""
+    from cacr_lab.study import PRESETS, PROFILES
+
+    s.add_argument("--preset", default="cpu-digits", help=f"one of {', '.join(PRESETS)}")
+    s.add_argument("--methods", help="comma-separated registry keys (default: the preset's)")
+    s.add_argument("--profiles", help=f"comma-separated, of {', '.join(PROFILES)}")
+    s.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
+    s.add_argument("--out", required=True, help="output folder (runs/, results.csv, report.md)")
+    _add_train_flags(s, single_run=False)
+    # A flag not typed keeps the preset's value: every default None (a switch: None, not False).
+    s.set_defaults(**{a.dest: None for a in s._actions if a.dest not in ("help", "preset", "out")})
 
 
 def _train_arguments(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -366,11 +384,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+_STUDY_NOT_FIELDS = {"preset", "methods", "profiles", "seeds", "out", "overwrite", "no_progress"}
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from cacr_lab.study import study
+
+    overrides: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is None or dest in _STUDY_NOT_FIELDS or dest in ("command", "argv"):
+            continue
+        if dest == "imbalance":
+            raise ValueError("--imbalance does not apply to study: use --profiles")
+        if dest.startswith("loss_"):
+            overrides.setdefault("loss_options", {})[dest[5:]] = value
+        elif dest == "no_amp":
+            overrides["amp"] = False
+        else:
+            overrides[dest] = value
+    out = study(
+        args.preset,
+        out=args.out,
+        methods=args.methods,
+        profiles=args.profiles,
+        seeds=args.seeds,
+        overrides=overrides,
+        overwrite=bool(args.overwrite),
+        progress=not args.no_progress,
+    )
+    print((out / "report.md").read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # which flags were typed: a resume refuses those that change the run
-    command = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare}[args.command]
+    command = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "study": cmd_study}[
+        args.command
+    ]
     from cacr_lab.train import NonFiniteLossError, error_line
     from cacr_lab.train.guards import StudyStopped
 

@@ -3,7 +3,8 @@
 Read top to bottom:
 
 1. `extract_features` / `embed`: run a frozen encoder over in-memory data (no augmentation).
-2. `knn_accuracy`: weighted kNN on cosine similarity (the cheap number logged during training).
+2. `knn_accuracy`: weighted kNN on cosine similarity (the cheap number logged during training);
+   `knn_k_for`: the k that follows the data (``TrainConfig.knn_k = 0``).
 3. `linear_probe` (fast: logistic regression on stored features) and `linear_probe_paper` (the
    reference protocol of docs/method.md §8: a linear layer trained on augmented views).
 4. `per_class_accuracy`: for the imbalanced experiments of docs/method.md §9.
@@ -34,6 +35,7 @@ __all__ = [
     "embed",
     "extract_features",
     "knn_accuracy",
+    "knn_k_for",
     "linear_probe",
     "linear_probe_paper",
     "per_class_accuracy",
@@ -184,6 +186,37 @@ def _num_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
     if num_classes < needed:
         raise ValueError(f"num_classes={num_classes} but labels go up to {needed - 1}")
     return num_classes
+
+
+KNN_K_MAX = 200  # InstDisc's k, the convention of CIFAR kNN numbers
+
+
+def knn_k_for(requested: int, bank_labels: torch.Tensor) -> int:
+    """The kNN k of an evaluation: ``requested`` if > 0, else the rule that follows the data.
+
+    Rule (``requested == 0``, ``TrainConfig.knn_k``'s default): ``k = min(200, m // 2)``, at
+    least 1, where ``m`` is the smallest class count in the kNN bank (``bank_labels: (N,) int64``,
+    the labelled train split; absent classes are skipped). Why: a weighted kNN whose k reaches
+    the size of a class must take neighbours from other classes even when every class is a
+    perfect cluster, so k = 200 over ~135 digits per class smooths across classes; half the
+    smallest class keeps a class's own images the majority of the votes it can get, and 200 is
+    the CIFAR convention (InstDisc): 5,000 (or 4,500 after a held-out split) images per class
+    give k = 200 on CIFAR-10, as published kNN numbers use. The bank is the balanced train split
+    whatever the imbalance profile and the method, so every run of a study gets the same k.
+
+    >>> knn_k_for(0, torch.arange(10).repeat_interleave(135)), knn_k_for(0, torch.arange(10).repeat(5000))
+    (67, 200)
+    >>> knn_k_for(20, torch.arange(10).repeat(5000))
+    20
+    """  # noqa: E501
+    if isinstance(requested, bool) or int(requested) != requested or requested < 0:
+        raise ValueError(f"knn k must be an integer >= 0 (0: follow the data); got {requested!r}")
+    if requested > 0:
+        return int(requested)
+    counts = torch.bincount(bank_labels[bank_labels >= 0].long())
+    counts = counts[counts > 0]
+    smallest = int(counts.min()) if counts.numel() else 0
+    return max(1, min(KNN_K_MAX, smallest // 2))
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,13 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """kNN, linear-probe and per-class accuracy of a run's last checkpoint; stored in the run."""
     from cacr_lab.data import load_dataset
-    from cacr_lab.evaluate import extract_features, knn_accuracy, linear_probe, per_class_accuracy
+    from cacr_lab.evaluate import (
+        extract_features,
+        knn_accuracy,
+        knn_k_for,
+        linear_probe,
+        per_class_accuracy,
+    )
     from cacr_lab.train import load_encoder, resolve_device
 
     run = load_run(run_dir)
@@ -46,13 +52,14 @@ def evaluate_run(
     kw = dict(mean=sp.mean, std=sp.std, device=dev, image_size=sp.image_size)
     train_f = extract_features(model, sp.train.images, **kw)
     test_f = extract_features(model, sp.test.images, **kw)
+    # The run's own kNN settings (runs older than the field: the default); k = 0 follows the data.
+    k = knn_k_for(cfg.get("knn_k", default("knn_k")), sp.train.labels)
     acc, preds = knn_accuracy(
         train_f,
         sp.train.labels,
         test_f,
         sp.test.labels,
-        # The run's own kNN settings (runs older than the field: the default).
-        k=cfg.get("knn_k", default("knn_k")),
+        k=k,
         temperature=cfg.get("knn_temperature", default("knn_temperature")),
         num_classes=sp.train.num_classes,
         return_predictions=True,
@@ -64,6 +71,7 @@ def evaluate_run(
         "protocol": protocol,
         "eval_split": sp.eval_split,  # what the accuracies below were measured on
         "knn_acc": float(acc),
+        "knn_k": k,
         "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
     }
     if protocol == "paper":
@@ -112,9 +120,6 @@ def compare(
     ``OUT/report.md`` (mean +- std per method) and plotly HTML figures that render offline
     (``plotly.min.js`` written once beside them: :func:`cacr_lab.figures.write_html`).
     """
-    from cacr_lab.train import stop_requests, train
-    from cacr_lab.train.guards import StudyStopped
-
     out = Path(out)
     base = (
         dataclasses.asdict(base_config)
@@ -126,14 +131,40 @@ def compare(
         for m in methods
         for s in range(seeds)
     ]
-    rows, runs = [], []
+    jobs = [(out / "runs" / f"{method}-seed{seed}", config) for method, seed, config in configs]
+    run_all(jobs, overwrite=overwrite, progress=progress)  # all validated already
+    rows = [_row(method, seed, run_dir) for (method, seed, _), (run_dir, _) in zip(configs, jobs)]
+    runs = [load_run(run_dir) for run_dir, _ in jobs]
+    _write_report(out, rows, runs, configs[0][2], seeds)
+    return out
+
+
+def run_all(
+    jobs: Sequence[tuple[Path, TrainConfig]],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    splits: Callable[[TrainConfig], Any] | None = None,
+) -> None:
+    """Train every ``(run_dir, config)`` of ``jobs`` in order: the loop of a compare or a study.
+
+    A finished run of the same config is reused and a stopped or killed one resumed unless
+    ``overwrite``. SIGTERM or Ctrl-C stops the whole list: the current run stops with a
+    checkpoint, no further run starts, and :class:`~cacr_lab.train.guards.StudyStopped` says
+    how far it got (running the same command again continues). ``splits(config)``: the loaded
+    dataset of a run that trains (None: each run loads its own).
+    """
+    from cacr_lab.train import stop_requests, train
+    from cacr_lab.train.checkpoint import finished_with
+    from cacr_lab.train.guards import StudyStopped
+
     with stop_requests() as stop:  # one flag for the whole study: a run's stop ends it
-        for done, (method, seed, config) in enumerate(configs):  # all validated already
-            run_dir = out / "runs" / f"{method}-seed{seed}"
+        for done, (run_dir, config) in enumerate(jobs):
             started = not stop.requested
             if started:
                 # A finished run of the same config is reused, a stopped one resumed.
                 resume = not overwrite and _resumable(run_dir, config)
+                reused = not overwrite and not resume and finished_with(run_dir, config)
                 train(
                     config,
                     run_dir,
@@ -141,18 +172,15 @@ def compare(
                     reuse=not overwrite,
                     resume=resume,
                     progress=progress,
+                    splits=splits(config) if splits is not None and not reused else None,
                 )
             if stop.requested:
                 where = f"{run_dir.name} stopped with a checkpoint" if started else "nothing lost"
                 raise StudyStopped(
-                    f"{stop.name} after {done} of {len(configs)} runs ({where}); run the same "
+                    f"{stop.name} after {done} of {len(jobs)} runs ({where}); run the same "
                     "command again to continue: finished runs are reused, a stopped one resumes",
                     int(stop.signal),
                 )
-            rows.append(_row(method, seed, run_dir))
-            runs.append(load_run(run_dir))
-    _write_report(out, rows, runs, configs[0][2], seeds)
-    return out
 
 
 def _resumable(run_dir: Path, config: TrainConfig) -> bool:
@@ -191,7 +219,8 @@ def _write_report(
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "report.md").write_text(_report(rows, config, seeds))
+    knn_k = runs[0].eval_records()[-1].get("knn_k", config.knn_k)  # the k every run used
+    (out / "report.md").write_text(_report(rows, config, seeds, knn_k))
     figures.write_html(figures.eval_curves(runs), out / "eval_curves.html")
     figures.write_html(figures.loss_curves(runs), out / "loss_curves.html")
     figures.write_html(figures.weight_stats_over_time(runs), out / "weight_stats.html")
@@ -211,15 +240,18 @@ def _mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
 
 
-def _report(rows: list[dict[str, Any]], config: TrainConfig, seeds: int) -> str:
+def _report(
+    rows: list[dict[str, Any]], config: TrainConfig, seeds: int, knn_k: int | None = None
+) -> str:
     """report.md of a compare: mean ± std per method, per-class accuracy if imbalanced.
 
-    ``config`` is any run's config: the fields the report quotes are shared by every run.
+    ``config`` is any run's config: the fields the report quotes are shared by every run;
+    ``knn_k`` the k of their kNN (the eval records'; ``config.knn_k`` 0 means it follows the data).
     """
     lines = [
         f"# compare: {config.dataset}, imbalance {config.imbalance or 'none'}, "
         f"{config.epochs} epochs, batch {config.batch_size}, K = {config.positives}, "
-        f"{seeds} seed(s)",
+        f"{seeds} seed(s), kNN k = {knn_k if knn_k is not None else config.knn_k}",
         "",
         "Evaluated on: " + "; ".join(dict.fromkeys(r["eval_split"] for r in rows)) + ".",
         "",

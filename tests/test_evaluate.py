@@ -16,6 +16,7 @@ from cacr_lab.evaluate import (
     embed,
     extract_features,
     knn_accuracy,
+    knn_k_for,
     linear_probe,
     linear_probe_paper,
     per_class_accuracy,
@@ -109,7 +110,40 @@ def test_knn_default_temperature_is_instdisc_s_007():
     assert knn_accuracy(train, labels, query, torch.tensor([0])) == 1.0
     assert knn_accuracy(train, labels, query, torch.tensor([0]), temperature=0.07) == 1.0
     assert knn_accuracy(train, labels, query, torch.tensor([1]), temperature=0.1) == 1.0
-    assert TrainConfig().knn_temperature == 0.07 and TrainConfig().knn_k == 200
+    assert TrainConfig().knn_temperature == 0.07 and TrainConfig().knn_k == 0  # 0: follow the data
+
+
+def test_knn_k_follows_the_data_200_on_cifar10_half_the_smallest_class_on_digits():
+    """k = min(200, smallest class of the kNN bank // 2): 200 with CIFAR-10's 5,000 (or 4,500
+    after a held-out split) images per class; 65 on the digits train split (131 in its smallest
+    class); a k given explicitly is kept."""
+    cifar = torch.arange(10).repeat_interleave(5000)
+    assert knn_k_for(0, cifar) == 200 and knn_k_for(0, cifar[:-500]) == 200
+    assert knn_k_for(0, load_dataset("digits").train.labels) == 65
+    assert knn_k_for(0, torch.tensor([0] * 30 + [1] * 7 + [3] * 50)) == 3  # absent class 2 skipped
+    assert knn_k_for(0, torch.tensor([0, 1, 1])) == 1  # never 0
+    assert knn_k_for(20, cifar) == 20
+    with pytest.raises(ValueError, match="knn k must be an integer >= 0.*got -1"):
+        knn_k_for(-1, cifar)
+    with pytest.raises(ValueError, match="knn_k must be an integer >= 0; got -2"):
+        TrainConfig(knn_k=-2)
+
+
+def test_knn_k_within_one_class_keeps_a_perfect_cluster_perfect():
+    """Why half the smallest class: two tight classes of 10 and 100 bank points; with k = 200
+    (the CIFAR default) every query of the small class is outvoted by the 100 others, with the
+    rule's k = 5 it is not."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0] * 10 + [1] * 100)
+    bank = centres[labels] + 0.6 * torch.randn(110, 3, generator=g)
+    query_labels = torch.tensor([0] * 20)
+    queries = centres[query_labels] + 0.6 * torch.randn(20, 3, generator=g)
+    k = knn_k_for(0, labels)
+    assert k == 5
+    small_k = knn_accuracy(bank, labels, queries, query_labels, k=k, temperature=1.0)
+    big_k = knn_accuracy(bank, labels, queries, query_labels, k=200, temperature=1.0)
+    assert small_k > big_k
 
 
 def test_knn_bad_arguments(clusters):

@@ -533,3 +533,61 @@ def test_theory_curves_reject_bad_input():
         weights_vs_distance_curves(D2, [-1.0])
     with pytest.raises(ValueError, match="kind='pos'"):
         weights_vs_distance_curves(D2, [1.0], kind="pos", infonce_temperature=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# A study's figures (cacr_lab.figures.study)
+# --------------------------------------------------------------------------------------------
+
+
+def test_interval_plot_draws_each_interval_around_its_mean_and_a_zero_line():
+    from cacr_lab.figures import interval_plot
+
+    rows = [
+        {"label": "infonce · none · probe", "method": "infonce", "mean": 1.5, "lo": 0.5, "hi": 3.0},
+        {"label": "debiased · none · probe", "method": "debiased", "mean": -0.2, "lo": None,
+         "hi": None},
+    ]  # fmt: skip
+    fig = interval_plot(rows)
+    first, second = fig.data
+    assert first.x == (1.5,) and first.y == ("infonce · none · probe",)
+    assert first.error_x.array == (1.5,) and first.error_x.arrayminus == (1.0,)
+    assert first.marker.color == method_color("infonce")
+    assert second.error_x.array == (0.0,)  # no interval (one seed): no bar
+    assert any(s.x0 == 0.0 and s.x1 == 0.0 for s in fig.layout.shapes)  # the line at 0
+    with pytest.raises(ValueError, match="row 0 has no lo, hi"):
+        interval_plot([{"label": "x", "mean": 1.0}])
+
+
+def test_rare_frequent_bars_one_panel_per_profile_rare_and_frequent_side_by_side():
+    from cacr_lab.figures import rare_frequent_bars
+
+    rows = [
+        {"profile": p, "method": m, "half": h, "mean": 50.0 + i, "lo": 45.0 + i, "hi": 55.0 + i}
+        for i, (p, m, h) in enumerate(
+            (p, m, h)
+            for p in ("linear", "exponential")
+            for m in ("cacr", "infonce")
+            for h in ("rare", "frequent")
+        )
+    ]
+    fig = rare_frequent_bars(rows)
+    assert [a.text for a in fig.layout.annotations][:2] == ["linear", "exponential"]
+    assert [t.name for t in fig.data] == ["rare half", "frequent half"] * 2
+    rare_linear = fig.data[0]
+    assert rare_linear.x == ("cacr", "infonce") and rare_linear.y == (50.0, 52.0)
+    assert rare_linear.error_y.array == (5.0, 5.0)
+
+
+def test_study_accuracy_bars_one_bar_per_method_and_profile_in_its_colour():
+    from cacr_lab.figures import study_accuracy_bars
+
+    rows = [
+        {"method": m, "profile": p, "mean": 90.0, "lo": 89.0, "hi": 91.0}
+        for m in ("cacr", "infonce")
+        for p in ("none", "exponential")
+    ]
+    fig = study_accuracy_bars(rows)
+    assert [t.name for t in fig.data] == ["cacr", "infonce"]
+    assert fig.data[0].x == ("none", "exponential")
+    assert fig.data[1].marker.color == method_color("infonce")

@@ -335,6 +335,16 @@ def test_config_rejects_bad_values_by_name(kwargs, pattern):
         TrainConfig(**kwargs)
 
 
+def test_knn_k_follows_the_data_and_every_eval_record_states_it(tmp_path):
+    """knn_k = 0 (the default): the k of the digits bank (65) in every eval record; a set k
+    is used as given."""
+    auto = load_run(train(tiny(max_steps=2, knn_k=0), tmp_path / "auto", progress=False))
+    assert auto.config["knn_k"] == 0
+    assert [r["knn_k"] for r in auto.eval_records()] == [65, 65]
+    fixed = load_run(train(tiny(max_steps=2), tmp_path / "fixed", progress=False))
+    assert [r["knn_k"] for r in fixed.eval_records()] == [20, 20]
+
+
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size 4096 is larger"):
         train(tiny(batch_size=4096), tmp_path / "r", progress=False)

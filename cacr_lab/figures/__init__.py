@@ -41,6 +41,9 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
   and :func:`false_negative_curves` (the weight on the query's own class over training).
 - :mod:`~cacr_lab.figures.theory`: figures of :mod:`cacr_lab.theory`'s data --
   :func:`force_field`, :func:`query_force_figure`, :func:`theory_curves`.
+- :mod:`~cacr_lab.figures.study`: a study's numbers (``cacr-lab study``) --
+  :func:`interval_plot` (paired differences with interval bars), :func:`rare_frequent_bars`,
+  :func:`study_accuracy_bars`.
 - :mod:`~cacr_lab.figures.output`: :func:`write_html` and :func:`setup_notebook`.
 
 >>> import numpy as np
@@ -58,6 +61,7 @@ from cacr_lab.figures.embedding import (
 )
 from cacr_lab.figures.lens import FN_KEYS, false_negative_curves, lens_queries, query_lens
 from cacr_lab.figures.output import setup_notebook, write_html
+from cacr_lab.figures.study import interval_plot, rare_frequent_bars, study_accuracy_bars
 from cacr_lab.figures.style import (
     DESIGN_WIDTHS,
     METHOD_COLORS,
@@ -102,6 +106,7 @@ __all__ = [
     "eval_curves",
     "false_negative_curves",
     "force_field",
+    "interval_plot",
     "lens_queries",
     "loss_curves",
     "method_color",
@@ -110,8 +115,10 @@ __all__ = [
     "per_class_bars",
     "query_force_figure",
     "query_lens",
+    "rare_frequent_bars",
     "run_label",
     "setup_notebook",
+    "study_accuracy_bars",
     "theory_curves",
     "warm_up_umap",
     "weight_histograms",

@@ -56,6 +56,7 @@ from cacr_lab.evaluate import (
     embed,
     extract_features,
     knn_accuracy,
+    knn_k_for,
     linear_probe,
     per_class_accuracy,
     weight_stats,
@@ -339,12 +340,13 @@ class Trainer:
         """The eval record's start: kNN accuracy of the test features among the train features
         (``(N, D)`` each), overall and per class."""
         cfg, sp = self.config, self.splits
+        k = knn_k_for(cfg.knn_k, sp.train.labels)  # 0: follows the data, same for every run
         knn = knn_accuracy(
             train_f,
             sp.train.labels,
             test_f,
             sp.test.labels,
-            k=cfg.knn_k,
+            k=k,
             temperature=cfg.knn_temperature,
             num_classes=sp.train.num_classes,
             return_predictions=True,
@@ -356,6 +358,7 @@ class Trainer:
             "step": self.step,
             "knn_acc": float(acc),
             "eval_split": sp.eval_split,  # what the accuracies were measured on, in words
+            "knn_k": k,
         }
         if preds is not None:
             record["knn_per_class_acc"] = per_class_accuracy(
@@ -581,6 +584,7 @@ def train(
     resume: bool = False,
     reuse: bool = False,
     progress: bool = True,
+    splits: DataSplits | None = None,
 ) -> Path:
     """Pre-train an encoder as ``config`` says and write the run directory; returns its path.
 
@@ -591,7 +595,8 @@ def train(
     ``reuse=True`` returns ``run_dir`` untouched when it already holds a
     finished run of exactly ``config`` (:func:`finished_with`), so notebooks and
     ``cacr-lab compare`` can be re-run cheaply; otherwise it trains (an existing run is then
-    replaced only with ``overwrite=True``).
+    replaced only with ``overwrite=True``). ``splits``: the dataset, already loaded as
+    ``load_dataset`` would for ``config`` (a study loads a CIFAR folder once for many runs).
 
     >>> import tempfile
     >>> cfg = TrainConfig(dataset="digits", epochs=1, batch_size=64, max_steps=2)
@@ -604,4 +609,5 @@ def train(
         return Path(run_dir)
     if resume and nothing_left(run_dir, config) is not None:
         return Path(run_dir)
-    return Trainer(config, run_dir, overwrite=overwrite, resume=resume, progress=progress).run()
+    kw = dict(overwrite=overwrite, resume=resume, progress=progress, splits=splits)
+    return Trainer(config, run_dir, **kw).run()
