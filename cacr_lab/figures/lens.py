@@ -126,9 +126,10 @@ def query_lens(
             meta = {"row": row_name, "rank": rank, "column": int(c), "index": index}
             meta.update(label=neg_label, weight=float(w[c]), d2=float(d2[c]))
             same = neg_label == label
+            # Three short lines, not one long one: 8 thumbnails share a half-width chart.
             caption = (
                 f"{'= ' if same else ''}{_name(neg_label, class_names)}"
-                f"<br>×{w[c] * w.size:.2f} · d² {d2[c]:.2f}"
+                f"<br>×{w[c] * w.size:.2f}<br>d² {d2[c]:.2f}"
             )
             cells[(row, rank + 1)] = (pixels[index], meta, caption, _SAME_CLASS if same else "")
     fig = _lens_grid(cells, cols, method)
@@ -141,17 +142,17 @@ def _query_cells(snapshot, q, views, pixels, class_names) -> dict:
     query's view and its positive views."""
     label, index = int(snapshot.query_labels[q]), int(snapshot.query_index[q])
     meta = {"row": "query", "rank": 0, "index": index, "label": label}
-    caption = f"query · image {index}<br>{_name(label, class_names)}"
+    caption = f"query<br>image {index}<br>{_name(label, class_names)}"
     cells = {(1, 1): (pixels[index], meta, caption, "")}
     for v, view in enumerate(views):
-        caption = "view 0: the query" if v == 0 else f"positive view {v}"
+        caption = "view 0<br>(the query)" if v == 0 else f"positive {v}"
         meta = {"row": "query", "rank": v + 1, "index": index, "label": label}
         if v and snapshot.pos_weights is not None:
             meta["weight"] = float(snapshot.pos_weights[q, v - 1])
             caption += f"<br>π⁺×K {meta['weight'] * snapshot.pos_weights.shape[1]:.2f}"
             if snapshot.pos_d2 is not None:
                 meta["d2"] = float(snapshot.pos_d2[q, v - 1])
-                caption += f" · d² {meta['d2']:.2f}"
+                caption += f"<br>d² {meta['d2']:.2f}"
         cells[(1, v + 2)] = (view, meta, caption, "")
     return cells
 
@@ -170,9 +171,9 @@ def _lens_grid(cells: dict, cols: int, method: str | None) -> go.Figure:
         cols=cols,
         specs=[[{}] * cols] * 3 + [[{"colspan": cols}] + [None] * (cols - 1)],
         subplot_titles=[*captions, ""],
-        row_heights=[0.21, 0.21, 0.21, 0.37],
+        row_heights=[0.2, 0.2, 0.2, 0.4],
         horizontal_spacing=0.012,
-        vertical_spacing=0.07,
+        vertical_spacing=0.085,  # room for the three-line captions above each row
     )
     for (r, c), (pixels, meta, _, _) in sorted(cells.items()):
         fig.add_trace(
@@ -243,7 +244,9 @@ def _lens_finish(fig, snapshot, q, cells, method, title) -> go.Figure:
         f"Query {q} under the lens · step {snapshot.step} (epoch {snapshot.epoch})"
         f"<br><sup>{shares} · red: a negative of the query's own class</sup>"
     )
-    fig = _finish(fig, title or default, height=720, empty="")
+    fig = _finish(fig, title or default, height=820, empty="")
+    # The two-line title and the first row's three-line captions need more than the usual top.
+    fig.update_layout(margin={**fig.layout.margin.to_plotly_json(), "t": 130})
     colours = {caption: colour for _, _, caption, colour in cells.values()}
     for annotation in fig.layout.annotations:  # the captions: small, red for false negatives
         if annotation.text in colours:
