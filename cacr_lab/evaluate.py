@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ __all__ = [
     "embed",
     "extract_features",
     "knn_accuracy",
+    "knn_evaluation",
     "knn_k_for",
     "linear_probe",
     "linear_probe_paper",
@@ -271,6 +273,41 @@ def knn_accuracy(
     preds = torch.cat(predictions).cpu()
     accuracy = float((preds == test_labels.cpu()).float().mean())
     return (accuracy, preds) if return_predictions else accuracy
+
+
+def knn_evaluation(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    k: int = 0,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """The kNN part of an evaluation record: ``knn_acc``, the ``knn_k`` used (``k = 0``: the
+    rule of `knn_k_for`, which follows the data) and ``knn_per_class_acc`` (list, index = class).
+
+    Shapes as `knn_accuracy`. The trainer's eval records and `cacr-lab eval` both use it, so the
+    two report the same number for the same features.
+    """
+    k = knn_k_for(k, train_labels)
+    n_classes = _num_classes(num_classes, train_labels, test_labels)
+    acc, preds = knn_accuracy(
+        train_feats,
+        train_labels,
+        test_feats,
+        test_labels,
+        k=k,
+        temperature=temperature,
+        num_classes=n_classes,
+        return_predictions=True,
+    )
+    return {
+        "knn_acc": float(acc),
+        "knn_k": k,
+        "knn_per_class_acc": per_class_accuracy(preds, test_labels, n_classes),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,13 +36,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """kNN, linear-probe and per-class accuracy of a run's last checkpoint; stored in the run."""
     from cacr_lab.data import load_dataset
-    from cacr_lab.evaluate import (
-        extract_features,
-        knn_accuracy,
-        knn_k_for,
-        linear_probe,
-        per_class_accuracy,
-    )
+    from cacr_lab.evaluate import extract_features, knn_evaluation, linear_probe
     from cacr_lab.train import load_encoder, resolve_device
 
     run = load_run(run_dir)
@@ -53,16 +47,14 @@ def evaluate_run(
     train_f = extract_features(model, sp.train.images, **kw)
     test_f = extract_features(model, sp.test.images, **kw)
     # The run's own kNN settings (runs older than the field: the default); k = 0 follows the data.
-    k = knn_k_for(cfg.get("knn_k", default("knn_k")), sp.train.labels)
-    acc, preds = knn_accuracy(
+    knn = knn_evaluation(
         train_f,
         sp.train.labels,
         test_f,
         sp.test.labels,
-        k=k,
+        k=cfg.get("knn_k", default("knn_k")),
         temperature=cfg.get("knn_temperature", default("knn_temperature")),
         num_classes=sp.train.num_classes,
-        return_predictions=True,
     )
     result: dict[str, Any] = {
         "run": run.name,
@@ -70,9 +62,7 @@ def evaluate_run(
         "seed": cfg["seed"],
         "protocol": protocol,
         "eval_split": sp.eval_split,  # what the accuracies below were measured on
-        "knn_acc": float(acc),
-        "knn_k": k,
-        "knn_per_class_acc": per_class_accuracy(preds, sp.test.labels, sp.train.num_classes),
+        **knn,  # knn_acc, knn_k, knn_per_class_acc
     }
     if protocol == "paper":
         from cacr_lab.data import probe_transforms

@@ -16,6 +16,7 @@ from cacr_lab.evaluate import (
     embed,
     extract_features,
     knn_accuracy,
+    knn_evaluation,
     knn_k_for,
     linear_probe,
     linear_probe_paper,
@@ -144,6 +145,26 @@ def test_knn_k_within_one_class_keeps_a_perfect_cluster_perfect():
     small_k = knn_accuracy(bank, labels, queries, query_labels, k=k, temperature=1.0)
     big_k = knn_accuracy(bank, labels, queries, query_labels, k=200, temperature=1.0)
     assert small_k > big_k
+
+
+def test_knn_evaluation_is_the_knn_of_the_rule_s_k_with_its_per_class_view():
+    """The eval record's kNN part: the accuracy of knn_accuracy at the rule's k (two classes of
+    10 and 100 bank points: k = 5), that k, and the per-class accuracies of its predictions."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0] * 10 + [1] * 100)
+    bank = centres[labels] + 0.8 * torch.randn(110, 3, generator=g)
+    query_labels = torch.tensor([0] * 20 + [1] * 20)
+    queries = centres[query_labels] + 0.8 * torch.randn(40, 3, generator=g)
+    got = knn_evaluation(bank, labels, queries, query_labels, temperature=1.0)
+    acc, preds = knn_accuracy(
+        bank, labels, queries, query_labels, k=5, temperature=1.0, return_predictions=True
+    )
+    assert got["knn_k"] == 5 and got["knn_acc"] == acc
+    assert got["knn_per_class_acc"] == pytest.approx(
+        [float((preds[query_labels == c] == c).double().mean()) for c in (0, 1)]
+    )
+    assert knn_evaluation(bank, labels, queries, query_labels, k=7)["knn_k"] == 7
 
 
 def test_knn_bad_arguments(clusters):

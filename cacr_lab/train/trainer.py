@@ -55,10 +55,8 @@ from cacr_lab.evaluate import (
     alignment_uniformity,
     embed,
     extract_features,
-    knn_accuracy,
-    knn_k_for,
+    knn_evaluation,
     linear_probe,
-    per_class_accuracy,
     weight_stats,
 )
 from cacr_lab.losses import LOSSES, LossOutput
@@ -337,34 +335,20 @@ class Trainer:
         return record
 
     def _knn_record(self, train_f: torch.Tensor, test_f: torch.Tensor) -> dict[str, Any]:
-        """The eval record's start: kNN accuracy of the test features among the train features
-        (``(N, D)`` each), overall and per class."""
+        """The eval record's start: kNN of the test features among the train features."""
         cfg, sp = self.config, self.splits
-        k = knn_k_for(cfg.knn_k, sp.train.labels)  # 0: follows the data, same for every run
-        knn = knn_accuracy(
+        # knn_k = 0 follows the data: the same k for every run of a study.
+        knn = knn_evaluation(
             train_f,
             sp.train.labels,
             test_f,
             sp.test.labels,
-            k=k,
+            k=cfg.knn_k,
             temperature=cfg.knn_temperature,
             num_classes=sp.train.num_classes,
-            return_predictions=True,
         )
-        acc, preds = knn if isinstance(knn, tuple) else (knn, None)
-        record: dict[str, Any] = {
-            "kind": "eval",
-            "epoch": self.epoch,
-            "step": self.step,
-            "knn_acc": float(acc),
-            "eval_split": sp.eval_split,  # what the accuracies were measured on, in words
-            "knn_k": k,
-        }
-        if preds is not None:
-            record["knn_per_class_acc"] = per_class_accuracy(
-                preds, sp.test.labels, sp.train.num_classes
-            )
-        return record
+        # eval_split: what the accuracies were measured on, in words.
+        return dict(kind="eval", epoch=self.epoch, step=self.step, eval_split=sp.eval_split, **knn)
 
     @torch.no_grad()
     def _probe_diagnostics(self, record: dict[str, Any]) -> LossOutput:
