@@ -6,7 +6,8 @@
 127.0.0.1) whatever directory the page is started from.
 
 The page never trains: from cacr_lab it imports only :mod:`cacr_lab.config` (the options and
-their defaults), :mod:`cacr_lab.runs`, :mod:`cacr_lab.figures` and :mod:`cacr_lab.experiments`,
+their defaults), :mod:`cacr_lab.runs`, :mod:`cacr_lab.figures`, :mod:`cacr_lab.experiments` and
+:mod:`cacr_lab.study_report` (the Study tab reads a study folder back),
 never the training loop (tests/test_app.py checks the imports). Start launches
 ``python -m cacr_lab train ...`` as a process of its own that writes a run folder under the runs
 root (``runs/`` in the current directory, or ``$CACR_LAB_RUNS``: ``cacr_lab.config.runs_root``);
