@@ -448,6 +448,18 @@ class StudyView:
             for it in self.res[key]
         ]
 
+    def drop_table(self) -> list[dict[str, str]]:
+        """Each method's drop balanced − imbalanced, paired by seed (points, 95 % interval)."""
+        return [
+            {
+                "method": d["method"],
+                "profile": d["profile"],
+                "metric": d["metric"],
+                "drop (points, 95 % CI)": d["iv"].text(),
+            }
+            for d in self.res["drops"]
+        ]
+
     def interval_rows(self, key: str = "paired") -> list[dict[str, Any]]:
         """Rows for :func:`cacr_lab.figures.interval_plot`."""
         return [_plot_row(it) for it in self.res[key]]

@@ -205,6 +205,7 @@ def test_load_study_reads_a_study_folder_back_into_the_reports_tables(tmp_path):
     row = view.interval_rows("paired")[0]
     assert (row["mean"], row["lo"], row["hi"]) == pytest.approx((11.0, 8.515862, 13.484138))
     assert view.halves_rows() == [] and view.difference_table("drop_differences") == []
+    assert view.drop_table() == []  # no imbalanced profile: no drop
     for folder, why in ((compare, "has no study results.csv"), (tmp_path / "nope", "not exist")):
         with pytest.raises(NotAStudyError, match=f"^{folder} is not a study folder: it .*{why}"):
             load_study(folder)
