@@ -34,6 +34,11 @@ DIFFERENCES = (
 )
 
 
+def table(rows: list[dict], key: str) -> None:
+    """Every row shown (Streamlit's default height stops at 10 and scrolls)."""
+    st.dataframe(rows, hide_index=True, key=key, height=38 + 35 * len(rows))
+
+
 def default_folder(root: Path) -> str:
     """The newest study folder under the runs root or ``results/``; "" if there is none."""
     found = find_studies(root, RESULTS_DIR)
@@ -65,17 +70,17 @@ def study_view(root: Path) -> None:
         "weights and the raw pixels, evaluated the same way: what pre-training added is the gap "
         "to them. Full text: report.md in the folder."
     )
-    st.dataframe(view.accuracy_table(), hide_index=True, key="study_accuracy")
+    table(view.accuracy_table(), "study_accuracy")
     for key, heading, title in DIFFERENCES:
-        table = view.difference_table(key)
-        if not table:
+        rows = view.difference_table(key)
+        if not rows:
             continue
         st.markdown(f"**{heading}**")
         st.caption(
             "95 % Student t-interval over the seeds of the paired difference, in points; "
             "'inconclusive at this budget' where the interval contains 0."
         )
-        st.dataframe(table, hide_index=True, key=f"study_{key}")
+        table(rows, f"study_{key}")
         fig = figures.interval_plot(view.interval_rows(key), title=title)
         st.plotly_chart(fig, key=f"study_{key}_plot", **PLOT)
     halves = view.halves_rows()
