@@ -6,7 +6,8 @@
 127.0.0.1) whatever directory the page is started from.
 
 The page never trains: from cacr_lab it imports only :mod:`cacr_lab.config` (the options and
-their defaults), :mod:`cacr_lab.runs`, :mod:`cacr_lab.figures` and :mod:`cacr_lab.experiments`,
+their defaults), :mod:`cacr_lab.runs`, :mod:`cacr_lab.figures`, :mod:`cacr_lab.experiments` and
+:mod:`cacr_lab.study_report` (the Study tab reads a study folder back),
 never the training loop (tests/test_app.py checks the imports). Start launches
 ``python -m cacr_lab train ...`` as a process of its own that writes a run folder under the runs
 root (``runs/`` in the current directory, or ``$CACR_LAB_RUNS``: ``cacr_lab.config.runs_root``);
@@ -26,7 +27,8 @@ directory and under ``AppTest``):
 
 - ``state.py``: session-state defaults, the cached readers of run folders, the trainer processes;
 - ``sidebar.py``: the new-run form and Start, the run list and Stop;
-- ``panels.py``: the Live run and Compare runs tabs.
+- ``panels.py``: the Live run and Compare runs tabs;
+- ``study.py``: the Study tab (a ``cacr-lab study`` folder: its tables, intervals and verdicts).
 """
 
 import streamlit as st
@@ -37,6 +39,7 @@ from cacr_lab import config
 from panels import compare_view, watch_view
 from sidebar import run_list, sidebar
 from state import LIVE_EVERY, POLL_EVERY, init_state, overview, umap_warm_up
+from study import study_view
 
 
 def main() -> None:
@@ -54,11 +57,13 @@ def main() -> None:
     st.session_state.seen = states
     with st.expander("Runs", expanded=True):
         st.fragment(run_every=LIVE_EVERY if st.session_state.live else POLL_EVERY)(run_list)(root)
-    live_tab, compare_tab = st.tabs(["Live run", "Compare runs"])
+    live_tab, compare_tab, study_tab = st.tabs(["Live run", "Compare runs", "Study"])
     with live_tab:
         watch_view(root, found)
     with compare_tab:
         compare_view(root, found)
+    with study_tab:
+        study_view(root)
     umap_warm_up()  # after the first drawing: compiling must not delay the page
 
 

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,19 @@ from cacr_lab.stats import (
     t_interval,
 )
 
-__all__ = ["METRICS", "RESULT_COLUMNS", "analyse", "report_text", "verdict", "write_report"]
+__all__ = [
+    "METRICS",
+    "RESULT_COLUMNS",
+    "NotAStudyError",
+    "StudyView",
+    "analyse",
+    "find_studies",
+    "is_study",
+    "load_study",
+    "report_text",
+    "verdict",
+    "write_report",
+]
 
 # The columns of results.csv, one row per run (per-class lists and class counts as JSON).
 RESULT_COLUMNS = (
@@ -362,3 +375,126 @@ def _bounds(iv: Interval) -> dict[str, float]:
 def _plot_row(it: Mapping[str, Any]) -> dict[str, Any]:
     label = f"{it['baseline']} · {it['profile']} · {it['metric']}"
     return {"label": label, "method": it["baseline"]} | _bounds(it["iv"])
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a study folder back (the dashboard's Study tab, notebooks)
+# --------------------------------------------------------------------------------------------
+
+
+class NotAStudyError(ValueError):
+    """The folder holds no study: no ``results.csv`` with the study's columns."""
+
+
+def is_study(folder: str | Path) -> bool:
+    """True if ``folder`` holds a study's ``results.csv`` (a ``compare`` folder has no
+    ``profile`` column, a run folder no results.csv)."""
+    path = Path(folder) / "results.csv"
+    if not path.is_file():
+        return False
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    return {"method", "profile", "seed", "knn_acc", "probe_acc"} <= set(header)
+
+
+def find_studies(*roots: str | Path) -> list[Path]:
+    """The study folders at or up to two levels under ``roots``, newest ``results.csv`` first."""
+    found: set[Path] = set()
+    for root in map(Path, roots):
+        for pattern in ("results.csv", "*/results.csv", "*/*/results.csv"):
+            found |= {p.parent for p in root.glob(pattern) if is_study(p.parent)}
+    return sorted(found, key=lambda d: (d / "results.csv").stat().st_mtime, reverse=True)
+
+
+@dataclass
+class StudyView:
+    """A study folder read back: its rows, reference rows and :func:`analyse`'s numbers, as the
+    tables and figure rows a page shows (accuracies in percent, differences in points)."""
+
+    folder: Path
+    rows: list[dict[str, Any]]
+    refs: list[dict[str, Any]]
+    res: dict[str, list[dict[str, Any]]]
+    title: str  # the first line of report.md, without its "# "
+
+    def accuracy_table(self) -> list[dict[str, str]]:
+        """One row per method × profile, then the reference rows: mean ± std over seeds (%)."""
+        acc = {(a["method"], a["profile"], a["metric"]): a["iv"] for a in self.res["accuracy"]}
+        out = [
+            {"method": m, "profile": q, "seeds": str(acc[(m, q, "kNN")].n)}
+            | {name: _pct(acc[(m, q, name)]) for _, name, _ in METRICS}
+            for m, q in dict.fromkeys((a["method"], a["profile"]) for a in self.res["accuracy"])
+        ]
+        for name in dict.fromkeys(r["reference"] for r in self.refs):
+            part = [r for r in self.refs if r["reference"] == name]
+            out.append(
+                {"method": f"{name} (reference)", "profile": "—", "seeds": str(len(part))}
+                | {m: _pct(t_interval(float(r[key]) for r in part)) for key, m, _ in METRICS}
+            )
+        return out
+
+    def difference_table(self, key: str = "paired") -> list[dict[str, str]]:
+        """``key``: ``paired`` (CACR − baseline), ``drop_differences`` or ``rare_paired``: one
+        row per baseline × profile × metric with its 95 % interval (points) and its verdict."""
+        subject = "CACR's drop" if key == "drop_differences" else "CACR"
+        return [
+            {
+                "baseline": it["baseline"],
+                "profile": it["profile"],
+                "metric": it["metric"],
+                "difference (points, 95 % CI)": it["iv"].text(),
+                "verdict": verdict(it["iv"], subject),
+            }
+            for it in self.res[key]
+        ]
+
+    def drop_table(self) -> list[dict[str, str]]:
+        """Each method's drop balanced − imbalanced, paired by seed (points, 95 % interval)."""
+        return [
+            {
+                "method": d["method"],
+                "profile": d["profile"],
+                "metric": d["metric"],
+                "drop (points, 95 % CI)": d["iv"].text(),
+            }
+            for d in self.res["drops"]
+        ]
+
+    def interval_rows(self, key: str = "paired") -> list[dict[str, Any]]:
+        """Rows for :func:`cacr_lab.figures.interval_plot`."""
+        return [_plot_row(it) for it in self.res[key]]
+
+    def halves_rows(self) -> list[dict[str, Any]]:
+        """Rows for :func:`cacr_lab.figures.rare_frequent_bars` (empty without an imbalanced
+        profile)."""
+        return [
+            {"profile": f"{h['profile']} · {h['metric']}", "method": h["method"], "half": half}
+            | _bounds(h[half])
+            for h in self.res["halves"]
+            for half in ("rare", "frequent")
+        ]
+
+
+def load_study(folder: str | Path) -> StudyView:
+    """Read a study folder (``results.csv``, ``references.csv`` if there, ``report.md``'s title).
+    :class:`NotAStudyError` (a ValueError, one line) if it holds no study."""
+    folder = Path(folder)
+    if not is_study(folder):
+        why = "does not exist" if not folder.exists() else "has no study results.csv"
+        raise NotAStudyError(
+            f"{folder} is not a study folder: it {why} (make one with "
+            "`cacr-lab study --preset cpu-digits --out FOLDER`)"
+        )
+    with open(folder / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise NotAStudyError(f"{folder} is not a study folder: its results.csv has no rows")
+    refs: list[dict[str, Any]] = []
+    if (folder / "references.csv").is_file():
+        with open(folder / "references.csv", newline="") as f:
+            refs = list(csv.DictReader(f))
+    report = folder / "report.md"
+    title = (
+        report.read_text().splitlines()[0].removeprefix("# ") if report.is_file() else folder.name
+    )
+    return StudyView(folder, rows, refs, analyse(rows), title)

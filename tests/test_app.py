@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import csv
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from streamlit.testing.v1 import AppTest
 
 from cacr_lab.losses import LOSSES
 from cacr_lab.runs import load_run, run_state
+from cacr_lab.stats import t_interval
+from cacr_lab.study import study
 from cacr_lab.train import TrainConfig, train
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -446,6 +449,74 @@ def test_a_trainer_that_cannot_start_shows_its_error_line(tmp_path, monkeypatch)
     assert at.session_state.live is False
 
 
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory) -> Path:
+    """A runs root holding a real (tiny) study made by the library's ``study()``: CACR and
+    InfoNCE on the toy points, balanced and exponential, two seeds, 4 steps (seconds)."""
+    root = tmp_path_factory.mktemp("study-root")
+    overrides = dict(dataset="toy", epochs=1, batch_size=64, max_steps=4)
+    study(
+        "cpu-digits",
+        out=root / "toy-study",
+        methods="cacr,infonce",
+        profiles="none,exponential",
+        seeds=2,
+        overrides=overrides,
+        progress=False,
+    )
+    return root
+
+
+def table(at: AppTest, column: str):
+    """The page's dataframe that has ``column``."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) >= 1, f"no table with a {column!r} column"
+    return found[0]
+
+
+def _pct(values) -> str:
+    iv = t_interval(values)
+    return f"{100 * iv.mean:.2f} ± {100 * iv.sd:.2f}"
+
+
+def test_study_tab_shows_the_newest_study_its_tables_intervals_and_bars(study_root, monkeypatch):
+    at = app(study_root, monkeypatch).run()
+    assert not at.exception
+    folder = study_root / "toy-study"
+    assert at.text_input(key="study_folder").value == str(folder)  # found under the runs root
+    with open(folder / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shown = table(at, "linear probe")
+    for m, q in {(r["method"], r["profile"]) for r in rows}:
+        mine = [r for r in rows if (r["method"], r["profile"]) == (m, q)]
+        line = shown[(shown["method"] == m) & (shown["profile"] == q)]
+        assert len(line) == 1 and len(mine) == 2
+        assert line["linear probe"].item() == _pct([float(r["probe_acc"]) for r in mine])
+        assert line["kNN"].item() == _pct([float(r["knn_acc"]) for r in mine])
+    assert {"untrained encoder (reference)", "raw pixels (reference)"} <= set(shown["method"])
+    # CACR − InfoNCE per profile and metric, paired by seed, with its verdict line
+    paired = table(at, "verdict")
+    by = {(r["method"], r["profile"], r["seed"]): float(r["probe_acc"]) for r in rows}
+    d = [by[("cacr", "none", s)] - by[("infonce", "none", s)] for s in ("0", "1")]
+    line = paired[(paired["profile"] == "none") & (paired["metric"] == "linear probe")]
+    assert line["difference (points, 95 % CI)"].item().startswith(f"{100 * sum(d) / 2:+.2f} [")
+    assert all(v.startswith(("inconclusive at this budget", "CACR ")) for v in paired["verdict"])
+    assert chart(at, "CACR − baseline, paired by seed")["data"]
+    bars = chart(at, "Accuracy on the rarer and the more frequent half")
+    assert {"rare half", "frequent half"} <= set(trace_names(bars))
+
+
+def test_study_tab_names_a_folder_that_is_no_study(study_root, tmp_path, monkeypatch):
+    at = app(study_root, monkeypatch).run()
+    at.text_input(key="study_folder").input(str(tmp_path)).run()
+    assert not at.exception
+    assert texts(at.warning) == (
+        f"{tmp_path} is not a study folder: it has no study results.csv (make one with "
+        "`cacr-lab study --preset cpu-digits --out FOLDER`)"
+    )
+    assert not [c for c in charts(at) if "paired by seed" in c]
+
+
 def _cacr_lab_imports(path: Path) -> set[str]:
     """The cacr_lab modules a Python file imports by name (``from cacr_lab import runs``: runs)."""
     found = set()
@@ -465,12 +536,13 @@ def test_the_page_imports_only_config_runs_figures_and_experiments():
     takes the loss options' choices from cacr_lab.config, not from cacr_lab.losses."""
     app_dir = Path(APP).parent
     allowed = {"cacr_lab.config", "cacr_lab.runs", "cacr_lab.figures", "cacr_lab.experiments"}
+    allowed.add("cacr_lab.study_report")  # the Study tab reads a study folder back
     imports = {p.name: _cacr_lab_imports(p) for p in sorted(app_dir.glob("*.py"))}
     assert imports["main.py"], "the page imports cacr_lab"
     assert all(found <= allowed for found in imports.values()), imports
     # ... nor through them: importing the page's modules leaves the trainer unloaded
     code = (
-        f"import sys; sys.path.insert(0, {str(app_dir)!r}); import state, sidebar, panels; "
+        f"import sys; sys.path.insert(0, {str(app_dir)!r}); import state, sidebar, panels, study; "
         "print(sorted(m for m in sys.modules if m in ('cacr_lab.train', 'cacr_lab.evaluate')))"
     )
     proc = subprocess.run(

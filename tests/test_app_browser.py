@@ -465,3 +465,42 @@ def test_compare_tab_pictures(tab_page, tmp_path):
     )
     titles = [f["title"] for f in page_figures(tab_page)]
     assert sum(t.startswith(UMAP_TITLE) for t in titles) == 2, titles
+
+
+def type_study_folder(driver, folder: str) -> None:
+    """Replace the Study tab's folder with ``folder`` and commit it (Enter)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, ".st-key-study_folder input")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(folder, Keys.ENTER)
+    wait_until(lambda: box.get_attribute("value") == folder, 10, "the study folder")
+
+
+def make_tiny_study(out: Path) -> Path:
+    """A real study on the toy points: CACR and InfoNCE, balanced and exponential, 2 seeds, 4
+    steps (seconds)."""
+    from cacr_lab.study import study
+
+    overrides = dict(dataset="toy", epochs=1, batch_size=64, max_steps=4)
+    kw = dict(methods="cacr,infonce", profiles="none,exponential", seeds=2, progress=False)
+    return study("cpu-digits", out=out, overrides=overrides, **kw)
+
+
+@pytest.mark.slow
+def test_study_tab_pictures(tab_page, tmp_path):
+    folder = make_tiny_study(tmp_path / "study")
+    open_tab(tab_page, "Study")
+    type_study_folder(tab_page, str(folder))
+    check_pictures(
+        tab_page,
+        tmp_path / "study.png",
+        [
+            "CACR − baseline, paired by seed",
+            "CACR's drop − baseline's drop",
+            "Accuracy on the rarer",
+        ],
+    )
+    assert "study cpu-digits: toy" in body_text(tab_page)

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -23,7 +24,15 @@ from cacr_lab.stats import (
     t_interval,
 )
 from cacr_lab.study import PRESETS, initial_encoder, plan
-from cacr_lab.study_report import RESULT_COLUMNS, analyse, verdict
+from cacr_lab.study_report import (
+    RESULT_COLUMNS,
+    NotAStudyError,
+    analyse,
+    find_studies,
+    load_study,
+    verdict,
+    write_csv,
+)
 from cacr_lab.train import Trainer
 
 
@@ -152,6 +161,54 @@ def test_analyse_on_constructed_rows_gives_the_known_differences():
     half = next(h for h in res["halves"] if h["method"] == "cacr" and h["metric"] == "kNN")
     assert half["gap"].mean == pytest.approx(0.10)  # frequent - rare
     assert half["rare"].mean == pytest.approx(0.70 - 0.05 + 0.01)
+
+
+def test_load_study_reads_a_study_folder_back_into_the_reports_tables(tmp_path):
+    """Constructed rows written as results.csv: the tables a page shows hold the known numbers;
+    a compare folder (no profile column) and an empty folder are no study, in one line."""
+    rows = []
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.84, 0.72)]):
+        for method, acc in (("cacr", a), ("infonce", b)):
+            rows.append({"method": method, "profile": "none", "seed": seed, "probe_acc": acc,
+                         "knn_acc": acc - 0.1, "per_class_acc": "[]",
+                         "knn_per_class_acc": "[]", "class_counts": "null"})  # fmt: skip
+    old, new = tmp_path / "old", tmp_path / "deep" / "new"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        write_csv(folder / "results.csv", rows, RESULT_COLUMNS)
+    refs = [
+        {"reference": "raw pixels", "seed": s, "knn_acc": 0.5, "probe_acc": 0.6} for s in (0, 1)
+    ]
+    write_csv(new / "references.csv", refs, ("reference", "seed", "knn_acc", "probe_acc"))
+    (new / "report.md").write_text("# study cpu-digits: toy\n\nmore\n")
+    compare = tmp_path / "a-compare"
+    compare.mkdir()
+    (compare / "results.csv").write_text("method,seed,knn_acc,probe_acc\ncacr,0,0.5,0.5\n")
+    os.utime(old / "results.csv", (1, 1))  # old is older than new
+    assert find_studies(tmp_path) == [new, old]
+    view = load_study(new)
+    assert view.title == "study cpu-digits: toy"
+    # cacr: 80, 82, 84 -> 82.00 ± 2.00; infonce 70, 71, 72 -> 71.00 ± 1.00; kNN 10 points lower
+    assert view.accuracy_table() == [
+        {"method": "cacr", "profile": "none", "seeds": "3", "linear probe": "82.00 ± 2.00",
+         "kNN": "72.00 ± 2.00"},
+        {"method": "infonce", "profile": "none", "seeds": "3", "linear probe": "71.00 ± 1.00",
+         "kNN": "61.00 ± 1.00"},
+        {"method": "raw pixels (reference)", "profile": "—", "seeds": "2",
+         "linear probe": "60.00 ± 0.00", "kNN": "50.00 ± 0.00"},
+    ]  # fmt: skip
+    # differences 10, 11, 12: mean 11, sd 1, t(0.975, 2) = 4.302653: 11 ± 2.484138
+    probe = view.difference_table("paired")[0]
+    assert probe["metric"] == "linear probe"
+    assert probe["difference (points, 95 % CI)"] == "+11.00 [+8.52, +13.48]"
+    assert probe["verdict"] == "CACR higher by 11.00 points [+8.52, +13.48]"
+    row = view.interval_rows("paired")[0]
+    assert (row["mean"], row["lo"], row["hi"]) == pytest.approx((11.0, 8.515862, 13.484138))
+    assert view.halves_rows() == [] and view.difference_table("drop_differences") == []
+    assert view.drop_table() == []  # no imbalanced profile: no drop
+    for folder, why in ((compare, "has no study results.csv"), (tmp_path / "nope", "not exist")):
+        with pytest.raises(NotAStudyError, match=f"^{folder} is not a study folder: it .*{why}"):
+            load_study(folder)
 
 
 # --------------------------------------------------------------------------------------------

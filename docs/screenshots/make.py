@@ -1,9 +1,10 @@
 """Regenerate the screenshots in this folder: the dashboard's Live tab on a CACR run and on an
-InfoNCE run, its Compare tab, and notebooks 01 and 02 as exported to HTML, all in headless
-Chromium (1280 px wide).
+InfoNCE run, its Compare tab, its Study tab (with ``--study DIR``), and notebooks 01 and 02 as
+exported to HTML, all in headless Chromium (1280 px wide).
 
     .venv/bin/python docs/screenshots/make.py                 # a few minutes on a 2-core CPU
     .venv/bin/python docs/screenshots/make.py --runs /tmp/shots-runs --smoke --max-steps 30
+    .venv/bin/python docs/screenshots/make.py --study results/cpu-digits --no-notebooks
 
 The two runs are the page's classroom mode (``cacr_lab.config.PRESETS["classroom"]``), trained
 into ``--runs`` (a temporary folder by default; an existing finished run of the same config is
@@ -67,8 +68,11 @@ def train_runs(h, root: Path, max_steps: int | None) -> dict[str, str]:
     return names
 
 
-def dashboard(h, runs_root: Path, names: dict[str, str], tmp: Path) -> list[str]:
-    """The three dashboard pictures; returns the problems the picture check found."""
+def dashboard(
+    h, runs_root: Path, names: dict[str, str], tmp: Path, study: Path | None = None
+) -> list[str]:
+    """The three dashboard pictures (four with ``study``: a ``cacr-lab study`` folder on the
+    Study tab); returns the problems the picture check found."""
     port = h.free_port()
     server = h.start_server(runs_root, port, tmp / "streamlit.log")
     driver, problems = None, []
@@ -92,6 +96,14 @@ def dashboard(h, runs_root: Path, names: dict[str, str], tmp: Path) -> list[str]
         problems += [f"compare: {p}" for p in h.picture_problems(driver)]
         compare = HERE / "compare.png"
         save(h, driver, compare)
+        if study is not None:
+            driver.set_window_size(WIDTH, 2400)
+            h.open_tab(driver, "Study")
+            h.type_study_folder(driver, str(study.resolve()))
+            h.wait_for_charts(driver, ["CACR − baseline, paired by seed"])
+            driver.execute_script("document.activeElement.blur()")
+            problems += [f"study: {p}" for p in h.picture_problems(driver)]
+            save(h, driver, HERE / "study.png")
     finally:
         if driver is not None:
             driver.quit()
@@ -180,6 +192,12 @@ def main() -> int:
     p.add_argument(
         "--max-steps", type=int, default=None, help="cut the two runs short (a quick look)"
     )
+    p.add_argument(
+        "--study",
+        type=Path,
+        default=None,
+        help="a study folder (cacr-lab study --out) for study.png",
+    )
     p.add_argument("--no-notebooks", action="store_true", help="only the dashboard pictures")
     p.add_argument("--no-dashboard", action="store_true", help="only the notebook pictures")
     args = p.parse_args()
@@ -194,7 +212,7 @@ def main() -> int:
     problems = []
     if not args.no_dashboard:
         names = train_runs(h, runs_root, args.max_steps)
-        problems = dashboard(h, runs_root, names, tmp)
+        problems = dashboard(h, runs_root, names, tmp, args.study)
     if not args.no_notebooks:
         for stem, notebook in NOTEBOOKS.items():
             print(f"executing {notebook} …", flush=True)
