@@ -99,7 +99,11 @@ def dashboard(
         if study is not None:
             driver.set_window_size(WIDTH, 2400)
             h.open_tab(driver, "Study")
-            h.type_study_folder(driver, str(study.resolve()))
+            # A study under the repository is typed as a relative path: the page runs from there,
+            # and the picture then shows no machine's folder names.
+            shown = study.resolve()
+            shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+            h.type_study_folder(driver, str(shown))
             h.wait_for_charts(driver, ["CACR − baseline, paired by seed"])
             driver.execute_script("document.activeElement.blur()")
             problems += [f"study: {p}" for p in h.picture_problems(driver)]
