@@ -366,6 +366,56 @@ def write_report(out: Path, p: Any, rows: list[dict[str, Any]], refs: list[dict[
         if a["metric"] == "linear probe"
     ]
     figures.write_html(figures.study_accuracy_bars(acc), out / "accuracy.html")
+    section, runs = false_negative_section(rows)
+    if runs:  # runs recorded before the false-negative share have no section and no figure
+        with open(out / "report.md", "a") as f:
+            f.write(section)
+        figures.write_html(figures.false_negative_curves(runs), out / "false_negatives.html")
+
+
+def false_negative_section(rows: Sequence[Mapping[str, Any]]) -> tuple[str, list]:
+    """report.md's closing section: the false-negative share at each run's last evaluation
+    (docs/method.md §8.1), mean ± std over seeds per method × profile, beside InfoNCE's
+    implicit weights on the same embedding and uniform weights; and the runs that record it."""
+    from cacr_lab.runs import load_run
+
+    runs, table = [], {}
+    for r in rows:
+        run = load_run(r["run_dir"])
+        last = run.eval_records()[-1] if run.eval_records() else {}
+        if last.get("fn_share_uniform") is None:
+            continue
+        runs.append(run)
+        cell = table.setdefault((r["method"], r["profile"]), {})
+        for key in ("fn_share", "fn_share_infonce", "fn_share_uniform"):
+            cell.setdefault(key, []).append(last.get(key))
+    if not runs:
+        return "", []
+    lines = [
+        "",
+        "## False negatives: the negative weight on the query's own class, end of training",
+        "",
+        "Share of each query's negative weight on images of its own class, averaged over the "
+        "held-out probe batch (mean ± std over seeds; docs/method.md §8.1): the run's own "
+        "weights, InfoNCE's implicit weights on the same embedding, and uniform weights.",
+        "",
+        "| method | profile | own weights | InfoNCE's weights | uniform |",
+        "|---|---|---|---|---|",
+    ]
+    for (method, profile), cell in table.items():
+        shares = [_share(cell[k]) for k in ("fn_share", "fn_share_infonce", "fn_share_uniform")]
+        lines.append(f"| {method} | {profile} | " + " | ".join(shares) + " |")
+    return "\n".join(lines) + "\n", runs
+
+
+def _share(values: Sequence[float | None]) -> str:
+    """``"0.214 ± 0.004"`` over the values given; ``"—"`` where the method records none."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return "—"
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f}"
 
 
 def _bounds(iv: Interval) -> dict[str, float]:

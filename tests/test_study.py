@@ -276,8 +276,17 @@ def test_study_writes_results_references_report_and_figures(tmp_path, capsys):
     assert "| infonce | none | linear probe |" in report  # a paired-difference row
     assert "CACR − baseline" in report and "drop" in report and "rare half" in report
     assert "*untrained encoder* (reference)" in report and "*raw pixels* (reference)" in report
-    for name in ("accuracy", "differences", "drop_differences", "rare_frequent"):
+    for name in ("accuracy", "differences", "drop_differences", "rare_frequent", "false_negatives"):
         assert (out / f"{name}.html").stat().st_size > 1000
+    # the false-negative share at each run's last evaluation, mean over the seeds (issue 17)
+    fn = [
+        load_run(r["run_dir"]).eval_records()[-1]["fn_share"]
+        for r in rows
+        if (r["method"], r["profile"]) == ("cacr", "none")
+    ]
+    section = report.split("## False negatives")[1]
+    line = next(x for x in section.splitlines() if x.startswith("| cacr | none |"))
+    assert line.split(" | ")[2].startswith(f"{sum(fn) / len(fn):.3f} ± ")
     # the same command again reuses every run (nothing retrained)
     before = {r["run_dir"]: (Path(r["run_dir"]) / "metrics.jsonl").stat().st_mtime_ns for r in rows}
     code, err = F.cli(capsys, "study", *TOY, "--max-steps", "4", "--out", str(out))
