@@ -8,17 +8,13 @@ the newest snapshot (``figures.query_lens``); a snapshot written before snapshot
 a message in its own panel, not an error.
 """
 
-from collections.abc import Callable
-
-import plotly.graph_objects as go
 import streamlit as st
 
 from cacr_lab import figures, runs
 
 # isort: split
-from state import cached_figure, file_key, newest_snapshot
+from state import file_key, newest_snapshot, plot
 
-PLOT = {"width": "stretch", "config": {"displaylogo": False}}
 OLD_SNAPSHOT = (
     "Query under the lens: this snapshot does not say who its queries' negatives are (written "
     "before snapshot version 2, or a method that weights no negatives). Runs trained now record it."
@@ -29,15 +25,6 @@ FN_NOTE = (
     "negatives give more as the classes form, since a query's nearest images are then its own "
     "class's."
 )
-
-
-def _draw(container, what: str, key: str, version: tuple, make: Callable[[], go.Figure]) -> None:
-    try:
-        fig = cached_figure(key, version, make)
-    except Exception as err:  # noqa: BLE001 -- a damaged run must leave the rest of the page
-        container.warning(f"{what}: cannot draw this run's data ({type(err).__name__}: {err})")
-        return
-    container.plotly_chart(fig, key=key, **PLOT)
 
 
 def _class_names(run: runs.Run) -> list[str] | None:
@@ -66,7 +53,7 @@ def _query_figure(container, run: runs.Run, snap: runs.Snapshot | None, query: i
         container.info(OLD_SNAPSHOT)
         return
     query = min(query, figures.lens_queries(snap) - 1)
-    _draw(
+    plot(
         container,
         "Query under the lens",
         key,
@@ -83,7 +70,7 @@ def lens_panel(run: runs.Run, snap: runs.Snapshot | None, eval_version: tuple) -
     """Under one run's panels: the false-negative share over training, a query under the lens."""
     st.markdown("**What the weights look at**")
     if _has_fn(run):
-        _draw(
+        plot(
             st,
             "False negatives",
             f"fn_{run.name}",
@@ -103,7 +90,7 @@ def lens_compare(chosen: list[runs.Run], eval_version: tuple) -> None:
     st.markdown("**What the weights look at**")
     with_fn = [r for r in chosen if _has_fn(r)]
     if with_fn:
-        _draw(
+        plot(
             st,
             "False negatives",
             "cmp_fn",

@@ -6,7 +6,6 @@ notebooks show -- built once per data version, so a refresh without new data red
 damaged run gives a warning in its panel and leaves the rest of the page working.
 """
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +18,20 @@ from cacr_lab import figures, runs
 from lens import lens_compare, lens_panel
 from state import (
     LIVE_EVERY,
+    PLOT,
     cached_figure,
     dismiss,
     file_key,
     newest_snapshot,
     pending,
+    plot,
     read_one,
     umap_of,
 )
 
-PLOT = {"width": "stretch", "config": {"displaylogo": False}}
-
-
 # --------------------------------------------------------------------------------------------
 # Panels of one run
 # --------------------------------------------------------------------------------------------
-
-
-def plot(container, what: str, key: str, version: tuple, make: Callable[[], go.Figure]) -> None:
-    """Draw the (cached) figure ``make()`` in ``container``; bad data gives a warning only."""
-    try:
-        fig = cached_figure(key, version, make)
-    except Exception as err:  # noqa: BLE001 -- a damaged run must leave the rest of the page
-        container.warning(f"{what}: cannot draw this run's data ({type(err).__name__}: {err})")
-        return
-    container.plotly_chart(fig, key=key, **PLOT)
 
 
 def versions(run: runs.Run) -> tuple[tuple, tuple]:

@@ -1,8 +1,9 @@
 """The page's state and its reading of run folders: session-state defaults, caches, the runs.
 
-Everything here reads; nothing draws. The run list (:mod:`sidebar`) and the panels
-(:mod:`panels`) get their runs from :func:`read_one` and :func:`overview`, which read run folders
-through :mod:`cacr_lab.runs` only: a finished run is read once per change of its files
+Everything here reads, except :func:`plot`, the one drawing helper the tabs share. The run list
+(:mod:`sidebar`) and the panels (:mod:`panels`) get their runs from :func:`read_one` and
+:func:`overview`, which read run folders through :mod:`cacr_lab.runs` only: a finished run is
+read once per change of its files
 (``st.cache_data``), a running run's metrics are tailed (only new lines are parsed), and heavy
 objects -- the trainer processes, a figure, a UMAP -- are built once (``st.cache_resource``).
 """
@@ -83,6 +84,19 @@ def umap_of(path: str, mtime_ns: int) -> np.ndarray:
 def cached_figure(kind: str, version: tuple, _make: Callable[[], go.Figure]) -> go.Figure:
     """``_make()``, built once per (kind, data version): a refresh without new data is free."""
     return _make()
+
+
+PLOT = {"width": "stretch", "config": {"displaylogo": False}}  # every chart of the page
+
+
+def plot(container, what: str, key: str, version: tuple, make: Callable[[], go.Figure]) -> None:
+    """Draw the (cached) figure ``make()`` in ``container``; bad data gives a warning only."""
+    try:
+        fig = cached_figure(key, version, make)
+    except Exception as err:  # noqa: BLE001 -- a damaged run must leave the rest of the page
+        container.warning(f"{what}: cannot draw this run's data ({type(err).__name__}: {err})")
+        return
+    container.plotly_chart(fig, key=key, **PLOT)
 
 
 def file_key(path: Path) -> tuple[str, int]:

@@ -9,11 +9,11 @@ the figures ``report.md``'s folder holds as HTML and notebook 03 shows.
 from pathlib import Path
 
 import streamlit as st
+from state import PLOT
 
 from cacr_lab import figures
 from cacr_lab.study_report import NotAStudyError, find_studies, load_study
 
-PLOT = {"width": "stretch", "config": {"displaylogo": False}}
 RESULTS_DIR = Path("results")  # where the README's `cacr-lab study ... --out results/NAME` go
 DIFFERENCES = (
     (
