@@ -3,8 +3,8 @@
     python benchmarks/bench_loss.py                 # CPU, V=5, B=128/256/512, D=128
     python benchmarks/bench_loss.py --device cuda   # the same on a GPU (adds B=4096 timing)
 
-Prints forward+backward time (median over interleaved rounds, so machine noise hits every
-contender alike) of:
+Prints forward+backward time (median over interleaved rounds in a shuffled order, so machine
+noise and cache state hit every contender alike; each sample repeats a call for >= 10 ms) of:
   - cacr_loss          the library's vectorised loss (default options)
   - loop (reference)   written like the reference code: loops over view pairs, one (B, B, D)
                        difference tensor per pair
@@ -38,6 +38,7 @@ import itertools
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -216,18 +217,37 @@ def contenders(V: int, B: int, D: int, device: str):
     }
 
 
-def time_side_by_side(runs: dict, device: str, rounds: int) -> dict[str, float]:
-    for run in runs.values():  # warm-up
+def time_side_by_side(
+    runs: dict, device: str, rounds: int, min_sample_s: float = 0.01
+) -> dict[str, float]:
+    """Median seconds per call of each run, measured in ``rounds`` interleaved rounds.
+
+    Each sample repeats its call until it lasts ~``min_sample_s`` (a single 1 ms call right
+    after another run's 30 ms one measures refilling the cache more than the call), and each
+    round takes the runs in a fresh shuffled order (a fixed order lets the second of two alike
+    runs inherit a warm cache from the first).
+    """
+    reps = {}
+    for name, run in runs.items():  # warm-up, and how many calls make one sample
         run()
-    sync(device)
+        sync(device)
+        t = time.perf_counter()
+        run()
+        sync(device)
+        reps[name] = max(1, math.ceil(min_sample_s / max(time.perf_counter() - t, 1e-6)))
     samples: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, run in runs.items():
+        shuffle(order)
+        for name in order:
+            run, n = runs[name], reps[name]
             sync(device)
             t = time.perf_counter()
-            run()
+            for _ in range(n):
+                run()
             sync(device)
-            samples[name].append(time.perf_counter() - t)
+            samples[name].append((time.perf_counter() - t) / n)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

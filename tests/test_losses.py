@@ -488,6 +488,19 @@ def test_gradcheck(method, options):
     assert torch.autograd.gradcheck(lambda t: fn(F.normalize(t, dim=-1), **options).loss, (x,))
 
 
+@pytest.mark.parametrize("multiview", ["pairs", "cmc"])
+def test_info_nce_gradcheck_at_two_views(multiview):
+    """V = 2 takes the plain one-matrix form (``_two_view_parts``), V > 2 the fused kernel."""
+    x = torch.randn(2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_(True)
+    for T in (0.05, 0.5):  # 1/T = 20: past where the kernel would shift rows
+
+        def loss(t: torch.Tensor, T: float = T) -> torch.Tensor:
+            return info_nce_loss(F.normalize(t, dim=-1), T, multiview=multiview).loss
+
+        assert torch.autograd.gradcheck(loss, (x,))
+
+
 # --------------------------------------------------------------------------------------------
 # Limits and identities (REFERENCE.md section 4)
 # --------------------------------------------------------------------------------------------

@@ -69,6 +69,10 @@ def ref_hard_debiased_cmc(z, T, tau_plus, beta):
     return total
 
 
+def pair_list(V: int) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(V), 2))
+
+
 @pytest.mark.parametrize("V", [2, 3, 5])
 def test_info_nce_both_multiview_forms_match_loop_references(V):
     """The "pairs" form: NT-Xent per view pair (both views' negatives), averaged over the
@@ -82,6 +86,10 @@ def test_info_nce_both_multiview_forms_match_loop_references(V):
         cmc = info_nce_loss(z, T, multiview="cmc")
         torch.testing.assert_close(cmc.loss, ref_info_nce_cmc(z, T), rtol=0, atol=1e-10)
         torch.testing.assert_close(cmc.loss, cmc.attraction + cmc.repulsion)
+        # attraction: the -s+/T terms, averaged over the pairs ("pairs") or summed ("cmc")
+        pos = torch.stack([(z[v] * z[w]).sum(-1).mean() / T for v, w in pair_list(V)]).mean()
+        torch.testing.assert_close(pairs.attraction, -pos, rtol=0, atol=1e-12)
+        torch.testing.assert_close(cmc.attraction, -V * (V - 1) * pos, rtol=0, atol=1e-12)
 
 
 def test_info_nce_cmc_with_two_views_is_both_cross_view_directions_summed():

@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._infonce_kernel import block_log_sums
@@ -220,6 +221,16 @@ def info_nce_loss(
     check_choice("multiview", multiview, MULTIVIEW_FORMS)
     z = _check_views(views, check_inputs)
     with _no_autocast(z.device):
+        if z.shape[0] == 2:  # the plain one-matrix form: at V = 2 the kernel's small ops cost more
+            loss, attraction, repulsion = _two_view_parts(z, temperature, multiview)
+            neg_w, neg_d2 = _lazy_weights(z, temperature, 1.0, multiview)
+            return LossOutput(
+                loss=loss,
+                attraction=attraction,
+                repulsion=repulsion,
+                neg_weights=neg_w,
+                neg_d2=neg_d2,
+            )
         pos = _positives(z, temperature)  # (V, V, B)
         # The log-sum-exp of each query runs over every j != q: its own view's block with
         # itself masked ("pairs" only), and the partner view's block, its positive included.
@@ -235,6 +246,41 @@ def info_nce_loss(
         neg_weights=neg_w,
         neg_d2=neg_d2,
     )
+
+
+def _two_view_parts(z: Tensor, temperature: float, multiview: str) -> tuple[Tensor, ...]:
+    """(loss, attraction, repulsion) of `info_nce_loss` at V = 2, from one similarity matrix
+    and a cross-entropy, as SimCLR computes it: "pairs" -> the (2B, 2B) matrix of both views,
+    its diagonal (each query itself) masked, row r's positive at column (r + B) mod 2B; "cmc"
+    -> the (B, B) cross-view matrix, its rows (view 0's queries) and its columns (view 1's),
+    summed. The cross-entropy shifts by each row's maximum, so every temperature is safe.
+    z: (2, B, D), full precision.
+
+    The loss is the cross-entropy itself (the graph a step differentiates); the attraction
+    -s+/T is read off the matrix (the positives' entries) and the repulsion is the rest. At
+    V = 2 the fused kernel's ~40 small operations cost more than the passes over the matrix
+    they save (``benchmarks/bench_loss.py`` times both forms).
+    """
+    B = z.shape[1]
+    if multiview == "pairs":
+        zz = z.reshape(2 * B, -1)  # rows 0..B-1 view 0, B..2B-1 view 1
+        logits = (zz @ zz.T).div_(temperature)
+        logits.fill_diagonal_(float("-inf"))
+        loss = F.cross_entropy(logits, _partner_index(B, z.device))
+        # s+/T of the B images (rows i and i + B share it): the off-diagonal block's diagonal
+        attraction = -logits[:B, B:].diagonal().mean()
+    else:
+        logits = (z[0] @ z[1].T).div_(temperature)  # [i, j]: view 0's query i, view 1's j
+        target = torch.arange(B, device=z.device)
+        loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+        attraction = -2.0 * logits.diagonal().mean()
+    return loss, attraction, loss - attraction
+
+
+@functools.lru_cache(maxsize=16)
+def _partner_index(B: int, device: torch.device) -> Tensor:
+    """(2B,) long: row r's positive among the 2B rows of both views, (r + B) mod 2B."""
+    return torch.arange(2 * B, device=device).roll(B)
 
 
 def _debiased_hard(
