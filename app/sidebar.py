@@ -316,7 +316,10 @@ def start(config: TrainConfig, path: Path, nice: int = TRAINER_NICE) -> None:
     Handled in the script run the click causes (not in an on_click callback), so the options
     used are exactly those the browser sent with the click.
     """
-    proc = runs.start_process(path, train_command(config, path), nice=nice)
+    # Only the cores idle right now: on a busy laptop a trainer with a thread per core slows
+    # itself and the other work down several times over (runs.spare_cores says why).
+    threads = runs.spare_cores()
+    proc = runs.start_process(path, train_command(config, path), nice=nice, threads=threads)
     launched()[str(path)] = proc
     st.session_state.update(watch=path.name, live=True, clear_name=True)
     st.rerun()

@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -75,16 +76,18 @@ def page_umap_refresh(h, driver, run_dir: Path, index: int = 1, timeout: float =
     step = int(snap.stem.split("_")[1])
     # The page wraps the title onto lines (textContent joins them without spaces) and puts
     # "step N (epoch E)" on a line of its own: compare with the spaces taken out.
-    wanted = ("".join(h.UMAP_TITLE.split()), run_dir.name, f"step{step}(")
+    # A later snapshot may already have replaced it on the page: that one counts too.
+    head = "".join(h.UMAP_TITLE.split())
 
     def shown(t: str) -> bool:
         flat = "".join(t.split())
-        return flat.startswith(wanted[0]) and all(w in flat for w in wanted[1:])
+        at = re.search(r"step(\d+)\(", flat)
+        return flat.startswith(head) and run_dir.name in flat and bool(at) and int(at[1]) >= step
 
     h.wait_until(
         lambda: any(shown(t) for t in h.chart_titles(driver)),
         timeout,
-        f"the UMAP of step {step}",
+        f"the UMAP of step {step} or later",
         poll=0.05,
     )
     return time.time() - written
@@ -180,6 +183,8 @@ def main() -> int:
     if missing:
         print(f"skipped: {missing}")
         return 0
+    from selenium.common.exceptions import StaleElementReferenceException
+
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
     runs_root, port = tmp / "runs", h.free_port()
@@ -220,7 +225,10 @@ def main() -> int:
             driver.save_screenshot(str(args.screenshot))
         stop = h.button(driver, f"stop_{run_dir.name}")
         if stop is not None:
-            stop.click()
+            try:
+                stop.click()
+            except StaleElementReferenceException:  # the run ended and the page redrew it away
+                pass
     finally:
         stop_busy_trainer(busy)
         if driver is not None:

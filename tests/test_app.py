@@ -297,8 +297,8 @@ def test_classroom_mode_fills_the_form_from_the_preset_and_starts_at_nice_0(tmp_
         def poll(self):
             return 0
 
-    def fake_start(path, argv, nice):
-        started.append((argv, nice))
+    def fake_start(path, argv, nice, threads):
+        started.append((argv, nice, threads))
         return Done()
 
     monkeypatch.setattr(runs, "start_process", fake_start)
@@ -312,9 +312,10 @@ def test_classroom_mode_fills_the_form_from_the_preset_and_starts_at_nice_0(tmp_
     at.text_input(key="run_name").set_value("lesson").run()
     at.button(key="start").click().run()
     assert not at.exception
-    argv, nice = started[0]
+    argv, nice, threads = started[0]
     flags = dict(zip(argv[::2], argv[1::2])) | dict(zip(argv[1::2], argv[2::2]))
     assert nice == 0
+    assert 1 <= threads <= (os.cpu_count() or 1)  # the idle cores only (runs.spare_cores)
     assert flags["--dataset"] == "digits" and flags["--epochs"] == str(preset["epochs"])
     assert flags["--eval-every-steps"] == str(preset["eval_every_steps"])
     assert flags["--snapshot-size"] == str(preset["snapshot_size"])

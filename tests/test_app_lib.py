@@ -5,6 +5,7 @@ is quick on first use."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -24,6 +25,7 @@ from cacr_lab.runs import (
     run_dirs,
     run_stamp,
     run_state,
+    spare_cores,
     start_process,
     stop_run,
 )
@@ -159,6 +161,37 @@ def test_start_process_can_lower_the_priority(tmp_path):
     assert read_log(tmp_path / "n") == str(os.nice(0) + 5)
     with pytest.raises(ValueError, match="nice must be"):
         start_process(tmp_path / "m", [sys.executable, "-c", "pass"], nice=-1)
+
+
+def test_start_process_sets_the_trainers_threads(tmp_path):
+    code = "import os; print(os.environ['OMP_NUM_THREADS'])"
+    proc = start_process(tmp_path / "t", [sys.executable, "-c", code], threads=1)
+    assert proc.wait(timeout=30) == 0
+    assert read_log(tmp_path / "t") == "1"
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"threads must be .*got {bad!r}"):
+            start_process(tmp_path / "m", [sys.executable, "-c", "pass"], threads=bad)
+
+
+def test_spare_cores_leaves_out_the_cores_other_processes_are_using():
+    """With a busy loop on every core, no core is spare (but a trainer always gets one)."""
+    cores = os.cpu_count() or 1
+    assert 1 <= spare_cores(0.2) <= cores
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)  # past their start-up
+        assert spare_cores(0.5) == 1
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+def test_spare_cores_falls_back_to_every_core_without_proc_stat(monkeypatch):
+    from cacr_lab.runs import process
+
+    monkeypatch.setattr(process, "_cpu_times", lambda: None)  # as on macOS or Windows
+    assert spare_cores() == (os.cpu_count() or 1)
 
 
 def test_start_process_refuses_an_existing_run(tmp_path):

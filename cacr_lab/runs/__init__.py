@@ -55,6 +55,7 @@ from cacr_lab.runs.process import (
     describe_status,
     discard_failed_start,
     read_log,
+    spare_cores,
     start_process,
     stop_run,
 )
@@ -129,6 +130,7 @@ __all__ = [
     "sanitize_run_name",
     "series",
     "snapshot_path",
+    "spare_cores",
     "start_process",
     "stop_run",
     "write_evaluation",
