@@ -68,9 +68,9 @@ PRESETS: dict[str, Preset] = {
             profiles=PROFILES,
             seeds=3,
             config=dict(dataset="digits", epochs=5, batch_size=64, eval_every=0),
-            wall_time="14 min on a 2-core machine shared with other jobs (load 4-10, "
-            "OMP_NUM_THREADS=1), 2026-12-03: 43 runs trained (balanced 105 steps, ~32 s each; "
-            "linear 55 steps, ~18 s; exponential 15 steps, ~7 s) and the reference rows",
+            wall_time="2.4 min on an idle 2-core machine (2 threads), 2026-12-03: 45 runs "
+            "(balanced 105 steps, linear 55, exponential 15) in 2.3 min of their own clocks, and "
+            "the reference rows; 11.8 min with OMP_NUM_THREADS=1 on the machine busy at load 5-7",
             about="every registry method but moco on the bundled digits (small CNN, 5 epochs, "
             "B = 64, K = 4), three profiles, 3 seeds: 45 runs on a laptop CPU",
         ),
@@ -80,9 +80,10 @@ PRESETS: dict[str, Preset] = {
             profiles=("none", "exponential"),
             seeds=3,
             config=dict(encoder="small-cnn", epochs=1, batch_size=128, eval_every=0),
-            wall_time="estimated ~30 min on 2 idle cores from measured CPU times (a step "
-            "0.77 s on one core, the step-0 and final evaluations 60 s, decoding the folder 11 "
-            "s per seed); balanced runs 351 steps, exponential 55",
+            wall_time="28.1 min on an idle 2-core machine (2 threads), 2026-12-03: 12 runs "
+            "(balanced 351 steps, ~2.5 min each; exponential 55 steps, ~45 s) in 19.2 min of "
+            "their own clocks; the rest is decoding the folder once per seed and the reference "
+            "rows (the probe on 45,000 raw 3,072-pixel images: ~2.4 min per seed)",
             about="CACR vs InfoNCE on a CIFAR-10 image tree (small CNN, 32 px), balanced and "
             "exponential, 3 seeds",
             dataset_hint="a CIFAR-10 image tree: --dataset folder:PATH with PATH/<class>/<image> "
@@ -207,7 +208,7 @@ def study(
     loader = _SplitsCache()  # a CIFAR folder is decoded once per seed, not once per run
     run_all(jobs, overwrite=overwrite, progress=progress, splits=loader)
     rows = [result_row(m, q, s, p.run_dir(out, m, q, s)) for m, q, s, _ in p.jobs]
-    refs = references(p, out, loader)
+    refs = references(p, out, loader, progress=progress)
     write_report(out, p, rows, refs)
     return out
 
@@ -296,16 +297,25 @@ def _reference_key(config: TrainConfig) -> str:
     return json.dumps({k: getattr(config, k) for k in keep}, sort_keys=True)
 
 
-def references(p: StudyPlan, out: Path, loader: Any = None) -> list[dict[str, Any]]:
+def references(
+    p: StudyPlan, out: Path, loader: Any = None, *, progress: bool = False
+) -> list[dict[str, Any]]:
     """The untrained encoder (each seed's initial weights) and raw pixels, kNN and probe, per
-    seed; cached in ``OUT/references.csv`` (a rerun reuses rows of the same key)."""
+    seed; cached in ``OUT/references.csv`` (a rerun reuses rows of the same key). ``progress``:
+    a bar over the seeds (on CIFAR-10 images a seed's rows take minutes: the probe on raw
+    pixels fits 3,072 features)."""
     path = out / "references.csv"
     cached: dict[tuple[str, str], dict[str, Any]] = {}
     if path.exists():
         with open(path, newline="") as f:
             cached = {(r["reference"], r["key"]): r for r in csv.DictReader(f)}
     rows = []
-    for seed in range(p.seeds):
+    seeds: Any = range(p.seeds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        seeds = tqdm(seeds, desc="reference rows (untrained encoder, raw pixels)", unit="seed")
+    for seed in seeds:
         config = next(c for _, _, s, c in p.jobs if s == seed)
         key = _reference_key(config)
         if all((name, key) in cached for name in ("untrained encoder", "raw pixels")):

@@ -35,6 +35,8 @@ TIMEOUT = 240  # one AppTest run; the first UMAP of a process compiles numba cod
 
 def app(root: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("CACR_LAB_RUNS", str(root))
+    # The Study tab also looks in ./results: from the test's own folder, not a developer's.
+    monkeypatch.chdir(root.parent)
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
