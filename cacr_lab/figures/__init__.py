@@ -44,7 +44,8 @@ Map (import everything from ``cacr_lab.figures``; the modules are where it lives
 - :mod:`~cacr_lab.figures.study`: a study's numbers (``cacr-lab study``) --
   :func:`interval_plot` (paired differences with interval bars), :func:`rare_frequent_bars`,
   :func:`study_accuracy_bars`.
-- :mod:`~cacr_lab.figures.output`: :func:`write_html` and :func:`setup_notebook`.
+- :mod:`~cacr_lab.figures.output`: :func:`write_html`, :func:`setup_notebook` and
+  :func:`mathjax_url` (offline HTML pages and notebook exports).
 
 >>> import numpy as np
 >>> fig = weights_vs_distance_curves(np.linspace(0, 4, 9), [0.0, 1.0], kind="neg")
@@ -60,7 +61,7 @@ from cacr_lab.figures.embedding import (
     warm_up_umap,
 )
 from cacr_lab.figures.lens import FN_KEYS, false_negative_curves, lens_queries, query_lens
-from cacr_lab.figures.output import setup_notebook, write_html
+from cacr_lab.figures.output import mathjax_url, setup_notebook, write_html
 from cacr_lab.figures.study import interval_plot, rare_frequent_bars, study_accuracy_bars
 from cacr_lab.figures.style import (
     DESIGN_WIDTHS,
@@ -117,6 +118,7 @@ __all__ = [
     "query_lens",
     "rare_frequent_bars",
     "run_label",
+    "mathjax_url",
     "setup_notebook",
     "study_accuracy_bars",
     "theory_curves",

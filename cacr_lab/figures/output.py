@@ -11,6 +11,9 @@ So every figure leaves the library with plotly.js from the installed ``plotly`` 
   figure both as plotly's JSON mimetype (what JupyterLab draws) and as HTML, with plotly.js
   embedded once in the output of the first figure, so ``jupyter nbconvert --to html`` keeps every
   figure and the page needs no CDN.
+- :func:`mathjax_url`: the formulas of an exported notebook. nbconvert's page loads MathJax from
+  a CDN, so offline they show as TeX source; ``--HTMLExporter.mathjax_url`` set to this local
+  copy (the ``jupyter-server-mathjax`` package) typesets them without a network.
 
 Nothing here builds a figure; the builders are the sibling modules.
 """
@@ -86,3 +89,31 @@ def setup_notebook() -> str:
     pio.renderers[NOTEBOOK_RENDERER] = _offline_notebook_renderer()
     pio.renderers.default = target
     return target
+
+
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the configs jupyter-server-mathjax ships
+MATHJAX_FONTS = Path(__file__).with_name("mathjax_stix.js")  # its fonts, for MathJax's HTML-CSS
+
+
+def mathjax_url() -> str:
+    """A ``file://`` URL of the MathJax installed with the lab, for an HTML export offline::
+
+        jupyter nbconvert --to html --HTMLExporter.mathjax_url="$(python -c \
+            'from cacr_lab.figures import mathjax_url; print(mathjax_url())')" NOTEBOOK
+
+    The page then loads MathJax from this machine's disk (fine for reading it here; a page sent
+    to another machine needs nbconvert's default CDN URL or a copy of the files beside it).
+    ValueError if ``jupyter-server-mathjax`` (a dependency of the lab) is missing.
+    """
+    try:
+        import jupyter_server_mathjax
+    except ImportError as err:
+        raise ValueError(
+            "no local MathJax: pip install jupyter-server-mathjax (a dependency of cacr_lab)"
+        ) from err
+    script = Path(jupyter_server_mathjax.__file__).parent / "static" / "MathJax.js"
+    if not script.is_file():
+        raise ValueError(f"no MathJax.js in {script.parent}: reinstall jupyter-server-mathjax")
+    # Then ours: the STIX-Web fonts, the only ones that package ships (MathJax takes a config
+    # given as a full URL; a comma would split it).
+    return f"{script.as_uri()}?config={MATHJAX_CONFIG},{MATHJAX_FONTS.as_uri()}"

@@ -135,11 +135,14 @@ def save(h, driver, path: Path) -> None:
 
 def export_notebook(notebook: str, out: Path, runs: Path, smoke: bool) -> Path:
     """``notebooks/<notebook>`` executed and exported to HTML in ``out``; returns the file."""
+    from cacr_lab.figures import mathjax_url
+
     env = os.environ | {"CACR_LAB_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
     if smoke:
         env["CACR_LAB_SMOKE"] = "1"
     jupyter = Path(sys.executable).with_name("jupyter")
     cmd = [str(jupyter), "nbconvert", "--to", "html", "--execute", "--output-dir", str(out)]
+    cmd += [f"--HTMLExporter.mathjax_url={mathjax_url()}"]  # formulas typeset offline too
     cmd += ["--ExecutePreprocessor.timeout=900", str(ROOT / "notebooks" / notebook)]
     for attempt in (1, 2):  # a kernel's start once hung, idle, on a loaded machine: retry once
         try:
