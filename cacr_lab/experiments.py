@@ -148,6 +148,8 @@ def run_all(
     from cacr_lab.train.checkpoint import finished_with
     from cacr_lab.train.guards import StudyStopped
 
+    if not overwrite:
+        _refuse_other_runs(jobs)  # before any run starts, not after an hour of them
     with stop_requests() as stop:  # one flag for the whole study: a run's stop ends it
         for done, (run_dir, config) in enumerate(jobs):
             started = not stop.requested
@@ -171,6 +173,44 @@ def run_all(
                     "command again to continue: finished runs are reused, a stopped one resumes",
                     int(stop.signal),
                 )
+
+
+def _refuse_other_runs(jobs: Sequence[tuple[Path, TrainConfig]]) -> None:
+    """ValueError when a job's folder holds a run of other options (from another command, or
+    from an older version of the lab that stored other fields) that this job neither reuses
+    nor resumes (extends): only ``overwrite`` may replace it. Names the folder and what
+    differs."""
+    others = [
+        (d, diff)
+        for d, config in jobs
+        if (diff := _differences(d, config)) and not _resumable(d, config)  # e.g. more epochs
+    ]
+    if not others:
+        return
+    run_dir, diff = others[0]
+    more = f" (and {len(others) - 1} more of the {len(jobs)} runs)" if len(others) > 1 else ""
+    shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
+    raise ValueError(
+        f"{run_dir} holds a run with other options{more}: {shown}. Only a run of exactly these "
+        "options is reused or resumed: use --overwrite to retrain such runs, or another --out "
+        "to keep them"
+    )
+
+
+def _differences(run_dir: Path, config: TrainConfig) -> list[str]:
+    """``"field: the run has X, now Y"`` for each field of ``config`` that the stored run in
+    ``run_dir`` does not share ([] when there is no readable run there)."""
+    try:
+        stored = load_run(run_dir).config
+    except (ValueError, OSError):
+        return []
+    wanted = json.loads(json.dumps(config.to_dict()))  # the round trip config.json went through
+    missing = object()
+    return [
+        f"{key}: the run has {'no such field' if was is missing else repr(was)}, now {now!r}"
+        for key, now in wanted.items()
+        if (was := stored.get(key, missing)) != now
+    ]
 
 
 def _resumable(run_dir: Path, config: TrainConfig) -> bool:

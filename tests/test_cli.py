@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -179,6 +180,25 @@ def test_compare_writes_results_report_and_figures(tmp_path, capsys):
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert {p: (Path(p) / "status.json").read_bytes() for p in status} == status
+    # More steps extend the finished runs (a resume), which is no run of "other options".
+    longer = [*argv, "--max-steps", "3"]
+    code, _, err = run_cli(capsys, *longer)
+    assert code == 0, err
+    assert {load_run(r["run_dir"]).eval_records()[-1]["step"] for r in rows} == {3}
+    # A run folder of other options (here: stored by a lab without the channels_last field) is
+    # refused before any run starts, naming the folder and the field; nothing is touched.
+    config_path = Path(rows[2]["run_dir"]) / "config.json"
+    stored = json.loads(config_path.read_text())
+    del stored["channels_last"]
+    config_path.write_text(json.dumps(stored))
+    before = {p: sorted((f.name, f.stat().st_mtime_ns) for f in Path(p).rglob("*")) for p in status}
+    code, _, err = run_cli(capsys, *longer)
+    assert code == 2
+    assert f"{rows[2]['run_dir']} holds a run with other options" in err
+    assert "channels_last: the run has no such field, now True" in err and "--overwrite" in err
+    assert "Traceback" not in err
+    after = {p: sorted((f.name, f.stat().st_mtime_ns) for f in Path(p).rglob("*")) for p in status}
+    assert after == before
 
 
 def _unreadable_folder(tmp_path: Path) -> Path:
