@@ -426,7 +426,7 @@ def test_hard_negative_clamp_branch_matches_recipe():
     )
 
 
-def test_debiased_with_zero_prior_is_info_nce_without_positive_in_denominator():
+def test_debiased_with_zero_prior_is_nt_xent():
     z = unit(2, 5, 4, seed=9)
     T = 0.5
     zs = torch.cat([z[0], z[1]])
