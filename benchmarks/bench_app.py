@@ -12,14 +12,13 @@ once the measured run has finished. ``--no-classroom`` measures the form's defau
 
 Targets on a 2-core CPU running a second training: first histogram < 10 s, the classroom run
 finished < 120 s, first UMAP < 20 s, one UMAP refresh < 3 s. Drives headless Chromium with the
-helpers of tests/test_app_browser.py (Debian's chromium and chromium-driver). Writes nothing in
+helpers of tests/_browser.py (Debian's chromium and chromium-driver). Writes nothing in
 the repository except the optional screenshot.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -35,13 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def browser_helpers():
-    """tests/test_app_browser.py as a module (its server and browser helpers)."""
-    spec = importlib.util.spec_from_file_location(
-        "app_browser_helpers", ROOT / "tests" / "test_app_browser.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/_browser.py: the browser tests' server and browser helpers."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import _browser
+
+    return _browser
 
 
 def umap_refresh_seconds(run_dir: Path, repeats: int = 3) -> tuple[float, int]:

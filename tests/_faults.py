@@ -1,4 +1,4 @@
-"""The fault injectors and small helpers of tests/test_faults.py (loaded there by its path).
+"""The fault injectors and small helpers of tests/test_faults.py (and tests/test_study.py).
 
 How a fault is made real: a process of its own (``python -m cacr_lab``, or ``python -c`` with a
 script below that patches one function of the trainer to kill itself or take a permission away

@@ -9,6 +9,7 @@ from the pixels which file an image came from and that it is the right way up.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,10 @@ import pytest
 SIDE = 96
 CLASSES = [f"class{c}" for c in range(10)]
 FIRST_ID = {"train": 10, "unlabeled": 40, "test": 70}
+
+# The tests' helper modules (_browser, _faults) import by name: --import-mode=importlib leaves
+# sys.path alone, and tests/ is no package.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def image_ids(images) -> list[int]:

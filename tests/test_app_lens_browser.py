@@ -5,19 +5,18 @@ CACR run on digits (trained here); headless Chromium opens the Live tab, waits f
 panel, picks another query in its select box, and saves the panel as a PNG. With
 ``CACR_LAB_UPDATE_SCREENSHOTS=1`` the PNG replaces ``docs/lens.png`` (the README's picture).
 
-The server and browser helpers are tests/test_app_browser.py's (loaded by path, as
-benchmarks/bench_app.py does); skips with the reason where
+The server and browser helpers are tests/_browser.py's; skips with the reason where
 chromium, chromedriver or selenium are missing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
 from pathlib import Path
 
+import _browser as web
 import pytest
 
 from cacr_lab.train import TrainConfig, train
@@ -25,17 +24,6 @@ from cacr_lab.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _browser_helpers():
-    """tests/test_app_browser.py as a module (the suite imports tests by path, not by name)."""
-    spec = importlib.util.spec_from_file_location(
-        "app_browser_helpers", ROOT / "tests" / "test_app_browser.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web = _browser_helpers()
 LENS_TITLE = "Query {q} under the lens"
 
 

@@ -11,7 +11,6 @@ for its own reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import signal
@@ -22,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import _faults as F  # tests/_faults.py
 import pytest
 import torch
 from PIL import Image
@@ -29,16 +29,6 @@ from PIL import Image
 from cacr_lab.runs import RunWriter, last_checkpoint, load_run, run_state, stop_run
 from cacr_lab.train import NonFiniteLossError, TrainConfig, Trainer, train
 
-
-def _load_helpers():
-    """tests/_faults.py, by its path (tests/ is no package, whatever pytest's import mode)."""
-    spec = importlib.util.spec_from_file_location("_faults", Path(__file__).with_name("_faults.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-F = _load_helpers()
 cli, one_line, files = F.cli, F.one_line, F.files
 # The CLI's flags for a small digits run: epoch 0 (21 steps) and 4 steps of epoch 1.
 FLAGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--positives", "1"]

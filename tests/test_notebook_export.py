@@ -3,17 +3,17 @@ nbconvert's page at the MathJax installed with the lab, and headless Chromium (w
 network here) typesets the page's TeX with it. The figures' side of an export is
 ``figures.setup_notebook``'s (tests/test_figures_layout.py).
 
-The browser helpers are tests/test_app_browser.py's, loaded by path; the browser test skips
+The browser helpers are tests/_browser.py's; the browser test skips
 with the reason where chromium, chromedriver or selenium are missing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import _browser as web
 import nbformat
 import pytest
 from nbconvert import HTMLExporter
@@ -21,18 +21,6 @@ from nbconvert import HTMLExporter
 from cacr_lab.figures import mathjax_url
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _browser_helpers():
-    spec = importlib.util.spec_from_file_location(
-        "app_browser_helpers", ROOT / "tests" / "test_app_browser.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-web = _browser_helpers()
 
 
 def test_mathjax_url_is_a_local_mathjax_with_its_config():

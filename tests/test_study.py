@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
 import signal
 from pathlib import Path
 
+import _faults as F  # tests/_faults.py
 import pytest
 import torch
 from scipy import stats as sps
@@ -35,15 +35,6 @@ from cacr_lab.study_report import (
 )
 from cacr_lab.train import Trainer
 
-
-def _load_helpers():
-    spec = importlib.util.spec_from_file_location("_faults", Path(__file__).with_name("_faults.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-F = _load_helpers()
 # A small study on the toy points (MLP encoder): 2 methods x 2 profiles x 2 seeds, seconds.
 TOY = ["--preset", "cpu-digits", "--dataset", "toy", "--methods", "cacr,infonce"]
 TOY += ["--profiles", "none,exponential", "--seeds", "2", "--epochs", "1", "--batch-size", "64"]

@@ -18,7 +18,6 @@ Debian's chromium and chromium-driver, like the browser test whose helpers it us
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -38,11 +37,11 @@ NOTEBOOKS = {
 
 
 def browser_helpers():
-    """tests/test_app_browser.py as a module (server, browser and picture checks)."""
-    spec = importlib.util.spec_from_file_location("app_browser", ROOT / "tests/test_app_browser.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/_browser.py: the browser tests' server, browser and picture checks."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import _browser
+
+    return _browser
 
 
 def shrink(path: Path) -> None:
