@@ -180,10 +180,12 @@ def _refuse_other_runs(jobs: Sequence[tuple[Path, TrainConfig]]) -> None:
     from an older version of the lab that stored other fields) that this job neither reuses
     nor resumes (extends): only ``overwrite`` may replace it. Names the folder and what
     differs."""
+    from cacr_lab.train.checkpoint import config_differences
+
     others = [
         (d, diff)
         for d, config in jobs
-        if (diff := _differences(d, config)) and not _resumable(d, config)  # e.g. more epochs
+        if (diff := config_differences(d, config)) and not _resumable(d, config)  # more epochs
     ]
     if not others:
         return
@@ -195,22 +197,6 @@ def _refuse_other_runs(jobs: Sequence[tuple[Path, TrainConfig]]) -> None:
         "options is reused or resumed: use --overwrite to retrain such runs, or another --out "
         "to keep them"
     )
-
-
-def _differences(run_dir: Path, config: TrainConfig) -> list[str]:
-    """``"field: the run has X, now Y"`` for each field of ``config`` that the stored run in
-    ``run_dir`` does not share ([] when there is no readable run there)."""
-    try:
-        stored = load_run(run_dir).config
-    except (ValueError, OSError):
-        return []
-    wanted = json.loads(json.dumps(config.to_dict()))  # the round trip config.json went through
-    missing = object()
-    return [
-        f"{key}: the run has {'no such field' if was is missing else repr(was)}, now {now!r}"
-        for key, now in wanted.items()
-        if (was := stored.get(key, missing)) != now
-    ]
 
 
 def _resumable(run_dir: Path, config: TrainConfig) -> bool:

@@ -5,8 +5,8 @@ A checkpoint (``checkpoints/last.pt`` after every epoch, ``checkpoints/epoch_NNN
 :func:`checkpoint_state`. The trainer resumes from it, :func:`load_encoder` rebuilds the
 encoder from it, and :func:`load_checkpoint_config` gives the config a resumed run continues
 with. :func:`finished_with` says whether a run directory already holds a finished run of a
-config (the ``reuse`` of :func:`cacr_lab.train.train`). A file that cannot be used raises
-:class:`CheckpointError`, one line naming the file.
+config (the ``reuse`` of :func:`cacr_lab.train.train`), and :func:`config_differences` what
+differs. A file that cannot be used raises :class:`CheckpointError`, one line naming the file.
 """
 
 from __future__ import annotations
@@ -117,21 +117,41 @@ def load_last_checkpoint(
 
 
 def finished_with(run_dir: str | Path, config: TrainConfig) -> bool:
-    """True when ``run_dir`` holds a finished run trained with exactly ``config``.
-
-    Compares every field of ``config.to_dict()`` with the run's ``config.json`` after the same
-    JSON round trip (tuples come back as lists); a missing or unreadable run is not finished.
-    """
-    if not (Path(run_dir) / CONFIG_FILE).is_file():
-        return False
-    try:
-        run = load_run(run_dir)
-    except ValueError:
-        return False
-    wanted = json.loads(json.dumps(config.to_dict()))
-    return run.status.get("state") == "finished" and all(
-        run.config.get(k) == v for k, v in wanted.items()
+    """True when ``run_dir`` holds a finished run trained with exactly ``config``
+    (:func:`config_differences` finds none); a missing or unreadable run is not finished."""
+    run = _readable_run(run_dir)
+    return (
+        run is not None
+        and run.status.get("state") == "finished"
+        and not _differing(run.config, config)
     )
+
+
+def config_differences(run_dir: str | Path, config: TrainConfig) -> list[str] | None:
+    """``"field: the run has X, now Y"`` for every field of ``config.to_dict()`` that the run in
+    ``run_dir`` stored otherwise ([] if none); None when there is no readable run."""
+    run = _readable_run(run_dir)
+    return None if run is None else _differing(run.config, config)
+
+
+def _readable_run(run_dir: str | Path) -> Any:
+    if not (Path(run_dir) / CONFIG_FILE).is_file():
+        return None
+    try:
+        return load_run(run_dir)
+    except ValueError:
+        return None
+
+
+def _differing(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Compared after the JSON round trip config.json went through (tuples come back as
+    lists); a field the run did not store counts as None."""
+    wanted = json.loads(json.dumps(config.to_dict()))
+    return [
+        f"{key}: the run has {repr(stored[key]) if key in stored else 'no such field'}, now {now!r}"
+        for key, now in wanted.items()
+        if stored.get(key) != now
+    ]
 
 
 def load_checkpoint_config(run_dir: str | Path) -> dict[str, Any] | None:
